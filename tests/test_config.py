@@ -1,0 +1,67 @@
+import pytest
+
+from vlmq.config import ConfigError, load_config, save_config
+
+
+def test_defaults_then_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\nlearner:\n  lr: 0.1\n  batch_size: 4\nenv:\n  id: blackjack\n")
+    cfg = load_config(f, ["learner.lr=3e-4", "sampler.backend=scripted", "model.lora_targets=[q_proj]"])
+    assert cfg.name == "x"
+    assert cfg.learner.lr == pytest.approx(3e-4)
+    assert cfg.learner.batch_size == 4
+    assert cfg.env.id == "blackjack"
+    assert cfg.sampler.backend == "scripted"
+    assert cfg.model.lora_targets == ["q_proj"]
+    assert cfg.learner.gamma == 0.9  # untouched default
+
+
+def test_int_accepted_for_float():
+    cfg = load_config(None, ["learner.lr=1"])
+    assert cfg.learner.lr == 1.0 and isinstance(cfg.learner.lr, float)
+
+
+def test_unknown_key_names_it_and_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["learner.lrr=0.1"])
+    msg = str(err.value)
+    assert "learner.lrr" in msg and "lr" in msg and "batch_size" in msg
+
+
+def test_unknown_section_in_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lerner:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="'lerner'.*valid keys here: name"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("learner.batch_size=abc", "learner.batch_size: expected int"),
+        ("learner.batch_size=1.5", "learner.batch_size: expected int"),
+        ("model.text_only=3", "model.text_only: expected true or false"),
+        ("sampler.backend=tpu", "sampler.backend: 'tpu' is not one of"),
+        ("model.lora_targets=q_proj", "model.lora_targets: expected a list"),
+        ("learner=3", "learner: expected a section"),
+        ("learner.lr", "not of the form"),
+    ],
+)
+def test_wrong_types_fail_clearly(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(None, ["learner.lr=0.002", "env.kwargs={a: 1}"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_cli_reports_config_errors(capsys):
+    from vlmq.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "learner.nope=1"])
+    assert exit_.value.code == 2
+    assert "learner.nope" in capsys.readouterr().err

@@ -1,0 +1,237 @@
+"""Every setting of a vlmq run, as typed dataclasses in one place.
+
+A run is described by a YAML file whose sections mirror these classes, plus dotted overrides
+(`learner.lr=3e-4`). Unknown keys and wrong types are errors that name the key and list the valid
+ones, because a silently ignored typo in an RL config costs a researcher a day of compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "runs/tiny-vlm"  # a local folder (save_pretrained) or, where a hub is reachable, a hub id
+    text_only: bool = False  # a causal LM instead of an image-text-to-text model
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    freeze_vision: bool = True
+    num_critics: int = 2
+    build_tiny: bool = True  # build the tiny offline model at `path` when it does not exist
+
+
+@dataclass
+class EnvConfig:
+    id: str = "numberline"  # numberline | ezpoints | points24 | blackjack | babyai:<Level> | miniwob:<task>
+    obs_mode: Literal["image", "text", "both"] = "both"
+    history: int = 0  # last H turns shown in the prompt
+    syntax_penalty: float = -1.0
+    max_steps: int = 0  # 0: the env's own time limit
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReplayConfig:
+    root: str = ""  # local path or fsspec URL; empty: <run dir>/replay
+    num_shards: int = 1
+    online_capacity: int = 50_000  # turns per shard in the FIFO online partition
+    flush_turns: int = 256  # a shard writes a segment when this many turns are unflushed ...
+    flush_seconds: float = 5.0  # ... or when the oldest unflushed turn is this old
+    offline_fraction: float = 0.5  # share of each batch drawn from the offline partition in phase 2
+    offline_fraction_final: float = -1.0  # < 0: constant; else linear schedule to this over phase 2
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 3e-4
+    critic_lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 32  # turns per update (global, across workers)
+    num_workers: int = 1  # data-parallel workers (gloo on CPU, NCCL on GPU)
+    grad_clip: float = 1.0
+    gamma: float = 0.9  # discount per turn
+    tau: float = 0.01  # Polyak rate of the target critic heads
+    critic_coef: float = 1.0
+    reward_scale: float = 1.0  # the replay stores raw rewards; the learner scales them
+    filter: Literal["binary", "exp", "none"] = "binary"  # "none" is plain SFT (w = 1)
+    threshold: float = 0.0
+    beta: float = 1.0
+    w_max: float = 20.0
+    offline_steps: int = 500
+    online_steps: int = 500
+    checkpoint_every: int = 200
+    publish_every: int = 50  # a new LoRA version for the samplers every k updates
+    max_updates_per_turn: float = 0.5  # phase 2: at most this many updates per collected turn
+    bf16: bool = True  # autocast on GPU only
+    seed: int = 0
+
+
+@dataclass
+class SamplerConfig:
+    backend: Literal["vllm", "hf", "scripted"] = "hf"
+    num_samplers: int = 1
+    temperature: float = 1.0
+    max_tokens: int = 32
+    resident_versions: int = 3  # LoRA versions kept loaded so in-flight episodes finish on their own
+    probe_tolerance: float = 1e-3  # max abs log-prob difference accepted after a LoRA push
+    policy: str = "random"  # scripted backend: random | expert | epsilon:<p> | malformed:<p>
+    gpu_memory_utilization: float = 0.5
+    timeout_s: float = 120.0
+    retries: int = 3
+
+
+@dataclass
+class RunnerConfig:
+    num_runners: int = 1
+    envs_per_runner: int = 8
+    epsilon: float = 0.0  # probability of replacing the model's action by a random legal one
+    send_every: int = 16  # turns buffered before they go to replay
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # an existing dataset folder; empty: collect one
+    policy: str = "random"
+    episodes: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 200
+    seed: int = 1_000_000  # held-out seeds start here; training seeds stay below
+    every: int = 0  # evaluate every N updates (0: only at phase ends)
+
+
+@dataclass
+class RunConfig:
+    name: str = "numberline"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; YAML ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got str {value!r}") from None
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    valid = [f.name for f in dataclasses.fields(obj)]
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in valid:
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(valid)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+            _merge(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`learner.lr=3e-4` -> {"learner": {"lr": 3e-4}}; the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    path, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    out: dict[str, Any] = {}
+    node = out
+    parts = path.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then the overrides, each checked against the schema."""
+    cfg = RunConfig()
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        _merge(cfg, data, "")
+    for item in overrides or []:
+        _merge(cfg, parse_override(item), "")
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Every run writes the config it actually ran with."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
