@@ -1,0 +1,66 @@
+"""Prompt encoding: the one function that turns a chat prompt plus images into token ids.
+
+The hf sampler, the vLLM backend and the learner's batch builder all call `encode_prompt`, so the
+ids a sampler generated from are exactly the ids the learner trains on (token-in, token-out).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def load_processor(model_path: str, text_only: bool = False):
+    """The model's processor (tokenizer + image processor + chat template), or only its tokenizer."""
+    if text_only:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_path)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_path)
+
+
+def to_pil(images: list[np.ndarray]) -> list[Image.Image]:
+    """uint8 (H, W, 3) arrays to RGB PIL images, the form both transformers and vLLM accept."""
+    out = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"image {i}: expected a uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}")
+        out.append(Image.fromarray(arr, mode="RGB"))
+    return out
+
+
+def _count_placeholders(messages: list[dict]) -> int:
+    return sum(
+        1
+        for m in messages
+        if not isinstance(m["content"], str)
+        for part in m["content"]
+        if part.get("type") == "image"
+    )
+
+
+def encode_prompt(processor, messages: list[dict], images: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Chat template with a generation prompt, then tokens: `input_ids` (list[int]) plus image tensors.
+
+    `processor` is what `load_processor` returned: a multimodal processor, or a tokenizer (text mode).
+    Image tensors (`pixel_values`, `pixel_attention_mask`, ...) are torch tensors with a batch dim of 1.
+    """
+    images = list(images or [])
+    n = _count_placeholders(messages)
+    if n != len(images):
+        raise ValueError(f"the messages have {n} image placeholders but {len(images)} images were given")
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if not images:
+        return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+    if tokenizer is processor:
+        raise ValueError("the prompt has images but the processor is text-only (a tokenizer)")
+    enc = processor(text=[text], images=[to_pil(images)], add_special_tokens=False, return_tensors="pt")
+    out: dict[str, Any] = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    out["input_ids"] = enc["input_ids"][0].tolist()
+    return out
