@@ -91,8 +91,10 @@ class SamplerConfig:
     probe_tolerance: float = 1e-3  # max abs log-prob difference accepted after a LoRA push
     policy: str = "random"  # scripted backend: random | expert | epsilon:<p> | malformed:<p>
     gpu_memory_utilization: float = 0.5
-    timeout_s: float = 120.0
-    retries: int = 3
+    timeout_s: float = 120.0  # a runner's wait for one sampler call before it retries
+    retries: int = 3  # sampler call retries before the runner gives up (raises)
+    batch_wait_s: float = 0.002  # micro-batching: how long the sampler waits for more callers
+    max_batch: int = 256  # micro-batching: requests per backend call at most
 
 
 @dataclass
@@ -101,6 +103,7 @@ class RunnerConfig:
     envs_per_runner: int = 8
     epsilon: float = 0.0  # probability of replacing the model's action by a random legal one
     send_every: int = 16  # turns buffered before they go to replay
+    pipeline_groups: int = 2  # envs split in groups: some step while the others' actions generate
 
 
 @dataclass

@@ -1,0 +1,325 @@
+"""Sampler: one inference backend behind a Ray actor, with versioned LoRA hot-swap and a probe check.
+
+The versioning rules live in the plain class `VersionedSampler`, so they are tested directly against
+the session's single vLLM engine; the Ray actor `Sampler` wraps it with a micro-batching queue (many
+runners submit at once, one backend call serves them all) and Ray metrics.
+
+Versions: 0 is the base model (always served). A pushed adapter gets a fresh backend LoRA id (vLLM
+serves stale weights when an id is reused), is scored on the learner's probe and is refused when any
+log-prob differs by more than `probe_tolerance`; the previous version keeps serving. The newest
+`resident_versions` adapters stay loaded so in-flight episodes finish on their own version; a request
+for an evicted version falls back to the newest and is counted (`stale_requests`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.protocol import Completion, Request
+from learner.export import pack, unpack
+from vlmq.config import ModelConfig, SamplerConfig
+
+
+@dataclass
+class Probe:
+    """A fixed prompt and continuation with the learner's log-probs of it under the pushed adapter."""
+
+    messages: list[dict]
+    images: list[np.ndarray]
+    gen_ids: list[int]
+    logprobs: list[float]
+
+
+def _as_probe(probe: Probe | dict | None) -> Probe | None:
+    if probe is None or isinstance(probe, Probe):
+        return probe
+    if isinstance(probe, dict):
+        missing = {"messages", "gen_ids", "logprobs"} - probe.keys()
+        if missing:
+            raise ValueError(f"probe is missing {sorted(missing)}; needs messages, images, gen_ids, logprobs")
+        return Probe(
+            probe["messages"],
+            list(probe.get("images") or []),
+            list(probe["gen_ids"]),
+            list(probe["logprobs"]),
+        )
+    raise TypeError(f"probe must be a Probe, a dict or None, got {type(probe).__name__}")
+
+
+@dataclass
+class SamplerStats:
+    version: int = 0
+    resident: list[int] = field(default_factory=lambda: [0])
+    requests: int = 0
+    tokens: int = 0
+    batches: int = 0
+    stale_requests: int = 0  # asked for an evicted version, served by the newest
+    sync_ok: int = 0
+    sync_failures: int = 0
+    last_sync_error: str = ""
+    last_sync_s: float = 0.0
+    last_probe_err: float = 0.0
+    restored_version: int = 0  # version reloaded from state_dir at start (a Ray restart)
+
+
+class VersionedSampler:
+    """The sampler's logic without Ray: version bookkeeping, probe verification, restart state.
+
+    `state_dir` (optional) keeps the newest verified adapter (tar bytes + probe, one pickle) so that a
+    sampler restarted by Ray reloads it. Use a path on the sampler's node, or a shared mount on a
+    multi-node cluster where a restart may land elsewhere; without it a restarted sampler serves the
+    base model until the learner's next push.
+    """
+
+    def __init__(self, backend: Any, cfg: SamplerConfig, state_dir: str | Path | None = None):
+        if cfg.resident_versions < 1:
+            raise ValueError(f"sampler.resident_versions must be >= 1, got {cfg.resident_versions}")
+        self.backend = backend
+        self.cfg = cfg
+        self.stats = SamplerStats()
+        self._keys: dict[int, int] = {0: 0}  # version -> backend LoRA id (fresh for every load)
+        self._next_key = 1
+        self._dirs: dict[int, Path] = {}
+        self._tmp = Path(tempfile.mkdtemp(prefix="vlmq-adapters-"))
+        self._lock = threading.RLock()  # one backend call at a time (generate vs load)
+        self.state_file = Path(state_dir) / "newest_adapter.pkl" if state_dir else None
+        if self.state_file is not None and self.state_file.exists():
+            saved = pickle.loads(self.state_file.read_bytes())
+            if self.load_adapter(saved["version"], saved["adapter"], saved["probe"], persist=False):
+                self.stats.restored_version = saved["version"]
+
+    @property
+    def version(self) -> int:
+        return self.stats.version
+
+    def load_adapter(
+        self,
+        version: int,
+        adapter: str | Path | bytes,
+        probe: Probe | dict | None = None,
+        persist: bool = True,
+    ) -> bool:
+        """Load, verify, then serve `version`. False (and the old version keeps serving) on a failed probe."""
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"adapter version must be an int >= 1 (0 is the base model), got {version!r}")
+        if version == self.version:
+            return True  # a re-push after a driver retry
+        if version < self.version:
+            raise ValueError(f"adapter version {version} is older than the served version {self.version}")
+        probe = _as_probe(probe)
+        t0 = time.perf_counter()
+        if isinstance(adapter, (bytes, bytearray)):
+            path = unpack(bytes(adapter), self._tmp / f"v{version}-{self._next_key}")
+        else:
+            path = Path(adapter)
+            if not (path / "adapter_config.json").exists():
+                raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
+        key = self._next_key
+        self._next_key += 1
+        with self._lock:
+            self.backend.load_lora(key, str(path))
+            err = self._probe_error(probe, key) if probe is not None else 0.0
+            self.stats.last_probe_err = err
+            if not err <= self.cfg.probe_tolerance:  # also catches NaN
+                self.backend.unload_lora(key)
+                self._drop_dir(path)
+                self.stats.sync_failures += 1
+                self.stats.last_sync_error = (
+                    f"version {version}: probe log-probs differ by {err:.3g} > tolerance "
+                    f"{self.cfg.probe_tolerance}; still serving version {self.version}"
+                )
+                return False
+            self._keys[version] = key
+            if isinstance(adapter, (bytes, bytearray)):
+                self._dirs[version] = path
+            self.stats.version = version
+            self.stats.resident = sorted(self._keys)
+            while (
+                len(self._keys) - 1 > self.cfg.resident_versions
+            ):  # evict the oldest adapter, never the base
+                old = min(v for v in self._keys if v > 0)
+                self.backend.unload_lora(self._keys.pop(old))
+                if old in self._dirs:
+                    self._drop_dir(self._dirs.pop(old))
+            self.stats.resident = sorted(self._keys)
+        self.stats.sync_ok += 1
+        self.stats.last_sync_s = time.perf_counter() - t0
+        if persist and self.state_file is not None:
+            data = bytes(adapter) if isinstance(adapter, (bytes, bytearray)) else pack(path)
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps({"version": version, "adapter": data, "probe": probe}))
+            os.replace(tmp, self.state_file)  # atomic: a crash mid-write keeps the previous file
+        return True
+
+    def _probe_error(self, probe: Probe, key: int) -> float:
+        got = self.backend.score(probe.messages, probe.images, probe.gen_ids, key)
+        if len(got) != len(probe.logprobs) or not got:
+            return math.inf
+        return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(probe.logprobs, np.float64))))
+
+    def _drop_dir(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def generate(self, requests: list[Request], version: int | None = None) -> list[Completion]:
+        """Complete `requests` on `version` (None: the newest; an evicted one falls back to the newest)."""
+        return self.generate_many([(requests, version)])[0]
+
+    def generate_many(self, calls: list[tuple[list[Request], int | None]]) -> list[list[Completion]]:
+        """Several callers' requests in one backend call per version (the micro-batch)."""
+        with self._lock:
+            groups: dict[int, list[tuple[int, int]]] = {}
+            flat: list[Request] = []
+            for c, (requests, version) in enumerate(calls):
+                v = self.version if version is None else version
+                if v not in self._keys:
+                    self.stats.stale_requests += len(requests)
+                    v = self.version
+                for i, r in enumerate(requests):
+                    groups.setdefault(v, []).append((c, i))
+                    flat.append(r)
+            out: list[list[Completion | None]] = [[None] * len(reqs) for reqs, _ in calls]
+            for v, slots in groups.items():
+                completions = self.backend.generate([calls[c][0][i] for c, i in slots], self._keys[v])
+                for (c, i), comp in zip(slots, completions, strict=True):
+                    if comp.version >= 0:  # -1: a scripted backend, no model version at all
+                        comp.version = v
+                    out[c][i] = comp
+                    self.stats.tokens += len(comp.gen_ids)
+                self.stats.batches += 1
+            self.stats.requests += len(flat)
+        return out  # type: ignore[return-value]
+
+
+def make_backend(cfg: SamplerConfig, model: ModelConfig, seed: int = 0) -> Any:
+    """The backend named by `cfg.backend` (imported lazily: vLLM is heavy and absent on some machines)."""
+    if cfg.backend == "scripted":
+        from actors.scripted_backend import ScriptedBackend
+
+        tokenizer = model.path if Path(model.path).exists() else None
+        return ScriptedBackend(cfg.policy, tokenizer_path=tokenizer, seed=seed)
+    if cfg.backend == "hf":
+        from actors.hf_backend import HFBackend
+
+        return HFBackend(model.path, text_only=model.text_only, dtype=model.dtype, seed=seed)
+    if cfg.backend == "vllm":
+        from actors.vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            model.path,
+            max_loras=cfg.resident_versions + 1,
+            max_lora_rank=model.lora_r,
+            dtype=model.dtype,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=seed,
+        )
+    raise ValueError(f"unknown sampler.backend {cfg.backend!r}; valid: vllm, hf, scripted")
+
+
+@ray.remote(max_concurrency=64, max_restarts=-1)
+class Sampler:
+    """The Ray actor: a micro-batching queue in front of a `VersionedSampler`.
+
+    Concurrent `generate` calls (threads of this actor) put their requests on a queue; one worker
+    thread drains it, so every backend call serves all runners that were waiting.
+    """
+
+    def __init__(
+        self,
+        cfg: SamplerConfig,
+        model: ModelConfig,
+        state_dir: str | None = None,
+        seed: int = 0,
+        backend: Any = None,
+    ):
+        from ray.util import metrics
+
+        self.cfg = cfg
+        self.core = VersionedSampler(backend or make_backend(cfg, model, seed), cfg, state_dir)
+        self.started = time.time()
+        with warnings.catch_warnings():  # Ray warns about its own internals here
+            warnings.simplefilter("ignore")
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._queue: queue.Queue = queue.Queue()
+        self._m_fail = metrics.Counter("vlmq_sampler_sync_failures", "LoRA pushes refused by the probe check")
+        self._m_sync = metrics.Histogram(
+            "vlmq_sampler_sync_s", "LoRA push: load and verify", boundaries=[0.1, 0.3, 1, 3, 10, 30]
+        )
+        self._m_lat = metrics.Histogram(
+            "vlmq_sampler_batch_s", "backend call latency", boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10]
+        )
+        self._m_tok = metrics.Counter("vlmq_sampler_tokens", "generated tokens")
+        self._m_ver = metrics.Gauge("vlmq_sampler_version", "adapter version served to new requests")
+        self._m_ver.set(self.core.version)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def generate(self, requests: list[Request], version: int | None = None) -> list[Completion]:
+        if not requests:
+            return []
+        fut: Future = Future()
+        self._queue.put((requests, version, fut))
+        return fut.result()
+
+    def _serve(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            deadline = time.monotonic() + self.cfg.batch_wait_s
+            n = len(items[0][0])
+            while n < self.cfg.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                items.append(item)
+                n += len(item[0])
+            t0 = time.perf_counter()
+            try:
+                results = self.core.generate_many([(reqs, v) for reqs, v, _ in items])
+            except BaseException as e:  # every waiting caller sees the error, the loop goes on
+                for *_, fut in items:
+                    fut.set_exception(e)
+                continue
+            self._m_lat.observe(time.perf_counter() - t0)
+            ntok = sum(len(c.gen_ids) for res in results for c in res)
+            if ntok:
+                self._m_tok.inc(ntok)
+            for (*_, fut), res in zip(items, results):
+                fut.set_result(res)
+
+    def load_adapter(self, version: int, adapter: str | bytes, probe: Probe | dict | None = None) -> bool:
+        ok = self.core.load_adapter(version, adapter, probe)
+        if ok:
+            self._m_sync.observe(self.core.stats.last_sync_s)
+            self._m_ver.set(self.core.version)
+        else:
+            self._m_fail.inc()
+        return ok
+
+    def version(self) -> int:
+        return self.core.version
+
+    def stats(self) -> dict:
+        s = dict(vars(self.core.stats))
+        s["mean_batch"] = s["requests"] / max(1, s["batches"])
+        s["restarted"] = self.restarted
+        s["uptime_s"] = time.time() - self.started
+        s["node_id"] = ray.get_runtime_context().get_node_id()
+        return s
+
+    def ping(self) -> bool:
+        return True
