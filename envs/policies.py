@@ -1,0 +1,79 @@
+"""Data-collection policies: they write the full output text a model would, for any env.
+
+`make_policy(spec)` with spec `random | expert | epsilon:<p> | malformed:<p>`:
+- random: a uniformly random legal action.
+- expert: the env's scripted expert (random where it has none).
+- epsilon:<p>: random with probability p, else expert.
+- malformed:<p>: with probability p an output that fails the syntax check the way base models fail
+  (prose, wrong key, an action that is not legal, two actions, a cut-off answer, nothing); else random.
+`rng` is a `numpy.random.Generator` or a `random.Random`: only `.random()` is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from envs.base import parse_action
+
+POLICY_KINDS = ("random", "expert", "epsilon", "malformed")
+
+
+def _choice(rng, seq: Sequence):
+    return seq[min(int(rng.random() * len(seq)), len(seq) - 1)]
+
+
+def malformed_output(legal_actions: Sequence[str], rng) -> str:
+    """An output that names no single legal action; checked with the parser, so it never scores."""
+    a = _choice(rng, legal_actions)
+    b = _choice(rng, [x for x in legal_actions if x != a] or [a])
+    candidates = [
+        f"I think the best move is {a}.",
+        f'{{"move": "{a}"}}',
+        f'{{"thoughts": "I should pick {a}.", "action": "{a} or {b}"}}',
+        f'{{"action": "{_choice(rng, ["jump", "wait", "up", "none", "?"])}"}}',
+        f'{{"thoughts": "The answer is {a}',
+        f"Action: {a}",
+        "",
+    ]
+    out = _choice(rng, candidates)
+    return out if parse_action(out, legal_actions) is None else ""
+
+
+@dataclass
+class Policy:
+    kind: str
+    p: float = 0.0
+
+    def act(
+        self,
+        legal_actions: Sequence[str],
+        expert_action: str | None,
+        rng,
+        format_action: Callable[[str], str],
+    ) -> str:
+        if not legal_actions:
+            raise ValueError("a policy needs at least one legal action")
+        if self.kind == "malformed" and rng.random() < self.p:
+            return malformed_output(legal_actions, rng)
+        explore = self.kind in ("random", "malformed") or (self.kind == "epsilon" and rng.random() < self.p)
+        if explore or expert_action is None:
+            return format_action(_choice(rng, legal_actions))
+        return format_action(expert_action)
+
+
+def make_policy(spec: str) -> Policy:
+    kind, _, arg = spec.partition(":")
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"policy {spec!r}: kind must be one of {list(POLICY_KINDS)}")
+    if kind in ("random", "expert"):
+        if arg:
+            raise ValueError(f"policy {spec!r}: {kind} takes no argument")
+        return Policy(kind)
+    try:
+        p = float(arg)
+    except ValueError:
+        raise ValueError(f"policy {spec!r}: expected {kind}:<p> with p a number in [0, 1]") from None
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"policy {spec!r}: p={p} is outside [0, 1]")
+    return Policy(kind, p)
