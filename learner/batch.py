@@ -80,6 +80,12 @@ def _collate(encoded: list[dict], pad_id: int) -> Prompts:
     return Prompts(ids, att, images, torch.tensor(lens) - 1)
 
 
+def text_to_gen_ids(tokenizer, text: str) -> list[int]:
+    """Scripted/random data has text but no sampler tokens: tokenize it as the model would have
+    generated it, ending in EOS (the only place the learner tokenizes an action)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def encode_turn_prompt(processor, turn) -> dict:
     """encode_prompt, checked against the ids the sampler stored (token-in, token-out)."""
     enc = encode_prompt(processor, turn.messages, list(turn.images or []))
@@ -88,7 +94,7 @@ def encode_turn_prompt(processor, turn) -> dict:
         ids = enc["input_ids"]
         i = next((j for j, (a, b) in enumerate(zip(stored, ids)) if a != b), min(len(stored), len(ids)))
         raise ValueError(
-            f"token-in/token-out violated for episode {turn.episode_id} turn {turn.turn}: the processor "
+            f"token-in/token-out violated for episode {turn.episode_id} turn {turn.turn_index}: the processor "
             f"encodes the prompt to {len(ids)} ids but the sampler stored {len(stored)}; first difference at "
             f"index {i} (processor {ids[i : i + 5]} vs stored {list(stored[i : i + 5])}). The sampler and the "
             f"learner must use the same model path, processor and chat template."
@@ -102,23 +108,26 @@ def build_batch(turns: list, processor, cfg: LearnerConfig) -> Batch:
         raise ValueError("build_batch needs at least one turn")
     tokenizer = getattr(processor, "tokenizer", processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seqs, nexts, next_rows = [], [], []
+    seqs, nexts, next_rows, gens = [], [], [], []
     for b, t in enumerate(turns):
-        gen = list(t.gen_ids)
+        gen = list(t.gen_ids) if t.gen_ids is not None else text_to_gen_ids(tokenizer, t.action_text)
+        gens.append(gen)
         if not gen:
-            raise ValueError(f"episode {t.episode_id} turn {t.turn}: empty gen_ids (nothing to learn from)")
+            raise ValueError(
+                f"episode {t.episode_id} turn {t.turn_index}: empty gen_ids (nothing to learn from)"
+            )
         enc = encode_turn_prompt(processor, t)
         seqs.append({**enc, "input_ids": enc["input_ids"] + gen, "prompt_len": len(enc["input_ids"])})
         if not t.terminated:
             if not t.next_messages:
                 raise ValueError(
-                    f"episode {t.episode_id} turn {t.turn} is not terminated but has no next prompt to bootstrap from"
+                    f"episode {t.episode_id} turn {t.turn_index} is not terminated but has no next prompt to bootstrap from"
                 )
             nexts.append(encode_prompt(processor, t.next_messages, list(t.next_images or [])))
             next_rows.append(b)
 
     prompt_lens = [s.pop("prompt_len") for s in seqs]
-    gen_lens = [len(t.gen_ids) for t in turns]
+    gen_lens = [len(g) for g in gens]
     B, K = len(turns), max(gen_lens)
     k = torch.arange(K)
     mask = (k[None, :] < torch.tensor(gen_lens)[:, None]).float()
@@ -129,7 +138,7 @@ def build_batch(turns: list, processor, cfg: LearnerConfig) -> Batch:
     discounts = torch.ones(B, K)
     for b, t in enumerate(turns):
         n = gen_lens[b]
-        actions[b, :n] = torch.tensor(list(t.gen_ids))
+        actions[b, :n] = torch.tensor(gens[b])
         last[b, n - 1] = True
         rewards[b, n - 1] = float(t.reward) * cfg.reward_scale
         discounts[b, n - 1] = last_token_discount(bool(t.terminated), bool(t.truncated), cfg.gamma)

@@ -64,6 +64,7 @@ class LearnerConfig:
     batch_size: int = 32  # turns per update (global, across workers)
     num_workers: int = 1  # data-parallel workers (gloo on CPU, NCCL on GPU)
     grad_clip: float = 1.0
+    warmup_steps: int = 0  # linear learning-rate warmup (0: none)
     gamma: float = 0.9  # discount per turn
     tau: float = 0.01  # Polyak rate of the target critic heads
     critic_coef: float = 1.0

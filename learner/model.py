@@ -1,0 +1,105 @@
+"""The dual-head VLM: a Hugging Face backbone with LoRA on its language model, the LM head (the policy),
+C critic heads `Linear(hidden, vocab)` on the same final hidden state, and their EMA target copies.
+
+Only the hidden states at the positions that predict generated tokens go through the heads, so a long
+prompt full of image tokens costs one backbone pass and nothing more.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from vlmq.config import ModelConfig
+
+# Module-name fragments of vision towers and projectors across HF VLMs (Idefics3/SmolVLM, Qwen2-VL,
+# LLaVA, PaliGemma); LoRA stays out of them unless freeze_vision is off.
+VISION_MODULES = r".*(vision_model|visual|vision_tower|vision_encoder|connector|multi_modal_projector).*"
+
+
+def load_backbone(cfg: ModelConfig):
+    """The base model: image-text-to-text, or a causal LM in text mode."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForCausalLM if cfg.text_only else AutoModelForImageTextToText
+    return auto.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype))
+
+
+def lora_config(cfg: ModelConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        exclude_modules=VISION_MODULES if cfg.freeze_vision and not cfg.text_only else None,
+        bias="none",
+    )
+
+
+class DualHeadModel(nn.Module):
+    """backbone + LoRA (peft) + critic heads + target heads. `forward` returns token-aligned tensors."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        from peft import get_peft_model
+
+        if cfg.num_critics < 1:
+            raise ValueError(f"model.num_critics must be >= 1, got {cfg.num_critics}")
+        self.cfg = cfg
+        torch.manual_seed(seed)  # LoRA B is zero; A and the critic heads are drawn from this seed
+        self.peft = get_peft_model(load_backbone(cfg), lora_config(cfg))
+        hf = self.peft.get_base_model()
+        hidden = hf.get_output_embeddings().in_features
+        vocab = hf.get_output_embeddings().out_features
+        self.critics = nn.ModuleList(nn.Linear(hidden, vocab) for _ in range(cfg.num_critics))
+        for head in self.critics:  # small initial Q so V and A start near 0
+            nn.init.normal_(head.weight, std=0.02 / hidden**0.5)
+            nn.init.zeros_(head.bias)
+        self.targets = copy.deepcopy(self.critics).requires_grad_(False)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.peft.get_base_model().get_output_embeddings()
+
+    def hidden_states(self, input_ids, attention_mask, images: dict) -> torch.Tensor:
+        """Final (normed) hidden states of the language model, (B, L, H); LoRA active."""
+        inner = self.peft.get_base_model().model  # XForConditionalGeneration.model / XForCausalLM.model
+        out = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images)
+        return out.last_hidden_state
+
+    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy logits (B, K, V), online Q (C, B, K, V) and target Q (C, B, K, V, no grad) at states h."""
+        logits = self.lm_head(h)
+        hf = h.float()
+        q = torch.stack([c(hf) for c in self.critics])
+        with torch.no_grad():
+            q_target = torch.stack([c(hf.detach()) for c in self.targets])
+        return logits, q, q_target
+
+    def forward(self, input_ids, attention_mask, images: dict, positions: torch.Tensor):
+        """Heads at `positions` (B, K): the positions whose logits predict the generated tokens."""
+        h = self.hidden_states(input_ids, attention_mask, images)
+        h = h.gather(1, positions[..., None].expand(-1, -1, h.shape[-1]))
+        return self.heads(h)
+
+    @torch.no_grad()
+    def target_value(self, input_ids, attention_mask, images: dict, positions: torch.Tensor) -> torch.Tensor:
+        """V_target(s) = sum_a pi(a|s) mean_c Q_target_c(s, a) at one position per row (B,); no grad."""
+        h = self.hidden_states(input_ids, attention_mask, images)
+        h = h[torch.arange(h.shape[0], device=h.device), positions]
+        pi = torch.softmax(self.lm_head(h).float(), dim=-1)
+        q = torch.stack([c(h.float()) for c in self.targets]).mean(0)
+        return (pi * q).sum(-1)
+
+    @torch.no_grad()
+    def update_targets(self, tau: float) -> None:
+        """Polyak: target <- (1 - tau) target + tau online."""
+        for t, o in zip(self.targets.parameters(), self.critics.parameters()):
+            t.lerp_(o, tau)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

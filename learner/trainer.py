@@ -1,0 +1,267 @@
+"""The learner: one `Learner` per process, and `LearnerGroup`, W of them as Ray actors in data parallel.
+
+Data parallel is plain torch.distributed (gloo on CPU, NCCL on GPU) between Ray actors: every worker
+holds the whole model (LoRA + heads are small), takes 1/W of the global batch, divides its sums by the
+global token count, and the gradients are summed with one all-reduce, so a W-worker step is the
+1-worker step on the same global batch up to float summation order. No DDP wrapper: the only
+collective is that all-reduce, which keeps peft, the extra heads and the no-grad passes out of DDP's way.
+
+Checkpoint: `model.safetensors` (LoRA, critic and target heads), `optimizer.safetensors` (AdamW
+moments), `rng.safetensors` (torch RNG) and `learner.json` (step, optimizer groups, scheduler, config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from learner.batch import Prompts, build_batch, encode_prompt
+from learner.losses import vlmq_losses
+from learner.model import DualHeadModel
+from learner.processing import load_processor
+from vlmq.config import LearnerConfig, ModelConfig
+
+
+class Learner:
+    """Model, optimizer and update step on one device; rank r of `world_size` when data parallel."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: LearnerConfig,
+    ):
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.rank, self.world_size = 0, 1
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.processor = load_processor(model_cfg.path, model_cfg.text_only)
+        self.model = DualHeadModel(model_cfg, seed=cfg.seed).to(
+            self.device
+        )  # same seed: same init on all ranks
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in self.model.peft.parameters() if p.requires_grad], "lr": cfg.lr},
+                {"params": list(self.model.critics.parameters()), "lr": cfg.critic_lr},
+            ],
+            weight_decay=cfg.weight_decay,
+        )
+        warmup = max(cfg.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.steps = 0
+
+    def init_distributed(self, rank: int, world_size: int, init_method: str) -> None:
+        """Join the process group (gloo on CPU, NCCL on GPU); all ranks call this together."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+        self.rank, self.world_size = rank, world_size
+
+    def free_address(self) -> str:
+        """tcp://<this node>:<free port>, the rendezvous that rank 0 hosts."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return f"tcp://{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+
+    def _autocast(self):
+        on = self.device.type == "cuda" and self.cfg.bf16
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def _prompt_pass(self, p: Prompts, positions: torch.Tensor):
+        return self.model(p.input_ids, p.attention_mask, p.images, positions)
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return t
+
+    def step(self, turns: list) -> dict[str, float]:
+        """One update on this worker's share of the global batch; metrics are of the whole batch."""
+        self.model.train()
+        batch = build_batch(turns, self.processor, self.cfg).to(self.device)
+        B = batch.actions.shape[0]
+        next_v = torch.zeros(B, device=self.device)
+        with self._autocast():
+            if batch.next_prompts is not None and self.cfg.critic_coef > 0:
+                p = batch.next_prompts
+                next_v[batch.next_rows] = self.model.target_value(
+                    p.input_ids, p.attention_mask, p.images, p.last
+                ).float()
+            logits, q, q_target = self._prompt_pass(batch.seqs, batch.positions)
+        denom = self._all_reduce(batch.mask.sum()).clamp(min=1.0)
+        loss, metrics = vlmq_losses(
+            logits,
+            q,
+            q_target,
+            batch.actions,
+            batch.mask,
+            batch.last,
+            batch.rewards,
+            batch.discounts,
+            next_v,
+            self.cfg,
+            denom=denom,
+        )
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.world_size > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            torch.nn.utils.vector_to_parameters(flat, [p.grad for p in params])
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.model.update_targets(self.cfg.tau)
+        self.steps += 1
+        names = sorted(metrics)
+        values = self._all_reduce(torch.stack([metrics[k].float() for k in names]))
+        out = {k: float(v) for k, v in zip(names, values)}
+        out.update(loss=out["actor_loss"] + self.cfg.critic_coef * out["critic_loss"])
+        out.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0], step=self.steps)
+        return out
+
+    @torch.no_grad()
+    def reference_logprobs(self, messages: list, images: list, gen_ids: list[int]) -> list[float]:
+        """float32 log pi(y_k | prompt, y_<k) of a given continuation: the probe a sampler must match."""
+        self.model.eval()
+        enc = encode_prompt(self.processor, messages, list(images or []))
+        ids = torch.tensor([enc["input_ids"] + list(gen_ids)], device=self.device)
+        images = {k: torch.as_tensor(v).to(self.device) for k, v in enc.items() if k != "input_ids"}
+        start = len(enc["input_ids"]) - 1
+        positions = torch.arange(start, start + len(gen_ids), device=self.device)[None]
+        logits, _, _ = self.model(ids, torch.ones_like(ids), images, positions)
+        logp = torch.log_softmax(logits.float(), -1)[0].gather(-1, ids[0, start + 1 :, None])
+        return logp[:, 0].tolist()
+
+    def export(self, out_dir: str | Path) -> str:
+        from learner.export import export_adapter
+
+        return str(export_adapter(self.model, out_dir))
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything that changes during training: trainable weights and the target heads."""
+        named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        named.update({f"targets.{n}": p for n, p in self.model.targets.named_parameters()})
+        return {n: p.detach().cpu().clone() for n, p in named.items()}
+
+    def save(self, ckpt_dir: str | Path) -> None:
+        """Rank 0 writes; every rank holds the same state."""
+        if self.rank != 0:
+            return
+        d = Path(ckpt_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_tensors(), d / "model.safetensors")
+        opt = self.optimizer.state_dict()
+        save_file(
+            {f"{i}.{k}": v.cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()},
+            d / "optimizer.safetensors",
+        )
+        save_file({"torch": torch.get_rng_state()}, d / "rng.safetensors")
+        meta = {
+            "step": self.steps,
+            "param_groups": opt["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+            "learner": dataclasses.asdict(self.cfg),
+            "model": dataclasses.asdict(self.model_cfg),
+        }
+        tmp = d / "learner.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, d / "learner.json")  # written last: a folder with learner.json is complete
+
+    def load(self, ckpt_dir: str | Path) -> None:
+        d = Path(ckpt_dir)
+        if not (d / "learner.json").exists():
+            raise FileNotFoundError(f"{d}: not a learner checkpoint (no learner.json)")
+        meta = json.loads((d / "learner.json").read_text())
+        tensors = load_file(d / "model.safetensors")
+        own = dict(self.model.named_parameters())
+        own.update({f"targets.{n}": p for n, p in self.model.targets.named_parameters()})
+        missing = set(self.state_tensors()) - set(tensors)
+        if missing:
+            raise ValueError(f"{d}: checkpoint lacks {sorted(missing)[:5]} (a different model config?)")
+        with torch.no_grad():
+            for n, t in tensors.items():
+                own[n].copy_(t)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in load_file(d / "optimizer.safetensors").items():
+            i, k = key.split(".", 1)
+            state.setdefault(int(i), {})[k] = v.to(self.device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(load_file(d / "rng.safetensors")["torch"])
+        self.steps = meta["step"]
+
+
+class LearnerGroup:
+    """W `Learner` Ray actors in data parallel, the API the driver uses:
+    `step(turns)`, `train(replay_client, steps, offline_fraction)`, `publish(out_dir)`, `save(dir)`,
+    `load(dir)`, `reference_logprobs(messages, images, gen_ids)`."""
+
+    def __init__(
+        self, model_cfg: ModelConfig, cfg: LearnerConfig, num_cpus: float = 1, num_gpus: float | None = None
+    ):
+        import ray
+
+        W = cfg.num_workers
+        if W < 1:
+            raise ValueError(f"learner.num_workers must be >= 1, got {W}")
+        if num_gpus is None:
+            num_gpus = 1 if torch.cuda.is_available() else 0
+        actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(Learner)
+        self.workers = [actor.remote(model_cfg, cfg) for _ in range(W)]
+        if W > 1:
+            init = ray.get(self.workers[0].free_address.remote())
+            ray.get([w.init_distributed.remote(r, W, init) for r, w in enumerate(self.workers)])
+        self.cfg = cfg
+
+    def step(self, turns: list) -> dict[str, float]:
+        import ray
+
+        W = len(self.workers)
+        if len(turns) < W:
+            raise ValueError(f"a batch of {len(turns)} turns cannot be split over {W} workers")
+        shards = [turns[r::W] for r in range(W)]
+        return ray.get([w.step.remote(s) for w, s in zip(self.workers, shards)])[0]
+
+    def train(self, replay, steps: int, offline_fraction: float) -> list[dict[str, float]]:
+        """`steps` updates on batches of learner.batch_size turns drawn from a ReplayClient."""
+        return [self.step(replay.sample(self.cfg.batch_size, offline_fraction)) for _ in range(steps)]
+
+    def publish(self, out_dir: str | Path) -> str:
+        """Export the current adapter to out_dir (a peft folder); ship it with learner.export.pack."""
+        import ray
+
+        return ray.get(self.workers[0].export.remote(str(out_dir)))
+
+    def save(self, ckpt_dir: str | Path) -> None:
+        import ray
+
+        ray.get(self.workers[0].save.remote(str(ckpt_dir)))
+
+    def load(self, ckpt_dir: str | Path) -> None:
+        import ray
+
+        ray.get([w.load.remote(str(ckpt_dir)) for w in self.workers])
+
+    def reference_logprobs(self, messages: list, images: list, gen_ids: list[int]) -> list[float]:
+        import ray
+
+        return ray.get(self.workers[0].reference_logprobs.remote(messages, images, gen_ids))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

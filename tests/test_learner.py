@@ -1,0 +1,201 @@
+"""The learner on the tiny VLM: batch building, an update, checkpoint/resume, export, data parallel."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from learner.batch import build_batch
+from learner.processing import load_processor
+from vlmq.config import LearnerConfig, ModelConfig
+
+
+def numberline_turns(n_episodes: int, seed: int = 0, obs_mode: str = "both") -> list:
+    """Random-policy NumberLine turns, the shape the replay hands the learner (gen_ids None: text data)."""
+    from envs import make_env
+    from envs.policies import make_policy
+    from replay.turn import Turn
+
+    env, policy, rng = make_env("numberline", obs_mode=obs_mode), make_policy("random"), random.Random(seed)
+    turns = []
+    for e in range(seed, seed + n_episodes):
+        obs, _ = env.reset(seed=e)
+        messages, images = env.prompt(obs)
+        for i in range(100):
+            text = policy.act(obs.legal_actions, env.expert_action(), rng, env.format_action)
+            obs, reward, term, trunc, info = env.step(text)
+            next_messages, next_images = env.prompt(obs)
+            turns.append(
+                Turn(
+                    episode_id=f"ep{e}",
+                    turn_index=i,
+                    env_id="numberline",
+                    seed=e,
+                    messages=messages,
+                    images=images,
+                    action_text=text,
+                    reward=reward,
+                    terminated=term,
+                    truncated=trunc,
+                    success=info["success"],
+                    next_messages=None if term else next_messages,
+                    next_images=[] if term else next_images,
+                )
+            )
+            messages, images = next_messages, next_images
+            if term or trunc:
+                break
+    return turns
+
+
+@pytest.fixture(scope="module")
+def turns():
+    return numberline_turns(12)
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tiny_vlm_dir):
+    return ModelConfig(path=str(tiny_vlm_dir))
+
+
+def make_learner(model_cfg, **kw):
+    from learner.trainer import Learner
+
+    return Learner(model_cfg, LearnerConfig(**kw))
+
+
+def test_batch_layout_by_hand(tiny_vlm_dir, turns):
+    from learner.processing import encode_prompt
+
+    proc = load_processor(str(tiny_vlm_dir))
+    term = next(t for t in turns if t.terminated)
+    trunc = next(t for t in turns if t.truncated)
+    mid = next(t for t in turns if not (t.terminated or t.truncated))
+    b = build_batch([mid, term, trunc], proc, LearnerConfig(gamma=0.5, reward_scale=2.0))
+    tok = proc.tokenizer
+    for row, t in enumerate([mid, term, trunc]):
+        prompt = encode_prompt(proc, t.messages, t.images)["input_ids"]
+        gen = tok(t.action_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(gen)
+        assert b.actions[row, :n].tolist() == gen
+        assert b.mask[row].tolist() == [1.0] * n + [0.0] * (b.mask.shape[1] - n)
+        # the state for token k is the position whose logits predict it: the token before it
+        assert b.seqs.input_ids[row, b.positions[row, :n] + 1].tolist() == gen
+        assert b.seqs.input_ids[row, : len(prompt)].tolist() == prompt
+        assert b.last[row].nonzero().flatten().tolist() == [n - 1]
+        assert b.rewards[row, n - 1].item() == 2.0 * t.reward
+        assert b.rewards[row].abs().sum().item() == abs(2.0 * t.reward)
+    assert b.discounts[0].max().item() == 1.0 and b.discounts[0][b.last[0]].item() == 0.5
+    assert b.discounts[1][b.last[1]].item() == 0.0  # termination: no bootstrap
+    assert b.discounts[2][b.last[2]].item() == 0.5  # truncation: bootstraps
+    assert b.next_rows.tolist() == [0, 2]
+    last = b.next_prompts.last
+    nxt = encode_prompt(proc, trunc.next_messages, trunc.next_images)["input_ids"]
+    assert b.next_prompts.input_ids[1, : last[1] + 1].tolist() == nxt
+
+
+def test_token_in_token_out_mismatch_is_a_clear_error(tiny_vlm_dir, turns):
+    proc = load_processor(str(tiny_vlm_dir))
+    t = dataclasses.replace(turns[0], prompt_ids=[1, 2, 3], gen_ids=[10, 11])
+    with pytest.raises(ValueError, match="token-in/token-out violated for episode ep0 turn 0"):
+        build_batch([t], proc, LearnerConfig())
+    ok = dataclasses.replace(turns[0], prompt_ids=None, gen_ids=[10, 11])
+    assert build_batch([ok], proc, LearnerConfig()).actions.tolist() == [[10, 11]]
+
+
+@pytest.mark.slow
+def test_update_trains_lora_and_critic_and_moves_targets(model_cfg, turns):
+    learner = make_learner(model_cfg, tau=0.5, lr=1e-2, critic_lr=1e-2)
+    before = learner.state_tensors()
+    m = learner.step(turns[:16])
+    after = learner.state_tensors()
+    for key in ("actor_loss", "critic_loss", "filter_rate", "q", "v", "adv", "td_error", "grad_norm"):
+        assert torch.isfinite(torch.tensor(m[key])), key
+    assert 0.0 <= m["filter_rate"] <= 1.0
+    lora = [k for k in before if "lora_B" in k]
+    assert lora and all("vision" not in k for k in before)  # LoRA on the language model only
+    assert all(not torch.equal(before[k], after[k]) for k in lora)
+    crit = [k for k in before if k.startswith("critics.")]
+    for k in crit:  # target = (1 - tau) target + tau online, after the online step
+        t = "targets." + k.removeprefix("critics.")
+        assert torch.allclose(after[t], 0.5 * before[t] + 0.5 * after[k], atol=1e-7)
+    frozen = [n for n, p in learner.model.named_parameters() if not p.requires_grad]
+    assert any("vision_model" in n for n in frozen) and any("embed_tokens" in n for n in frozen)
+
+
+@pytest.mark.slow
+def test_sft_flag_skips_nothing_but_the_filter(model_cfg, turns):
+    """filter=none: the actor loss is masked cross-entropy of the same batch (w = 1 on every token)."""
+    learner = make_learner(model_cfg, filter="none")
+    m = learner.step(turns[:8])
+    assert m["filter_rate"] == 1.0
+    assert m["actor_loss"] > 0
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(model_cfg, turns, tmp_path):
+    batches = [turns[i * 8 : (i + 1) * 8] for i in range(4)]
+    kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, tau=0.2)
+    straight = make_learner(model_cfg, **kw)
+    ref = [straight.step(b) for b in batches]
+    first = make_learner(model_cfg, **kw)
+    for b in batches[:2]:
+        first.step(b)
+    first.save(tmp_path / "ckpt")
+    resumed = make_learner(model_cfg, seed=123, **{k: v for k, v in kw.items() if k != "seed"})
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.steps == 2
+    got = [resumed.step(b) for b in batches[2:]]
+    for a, b in zip(ref[2:], got):
+        assert a == b  # every metric, bit for bit
+    s, r = straight.state_tensors(), resumed.state_tensors()
+    assert s.keys() == r.keys() and all(torch.equal(s[k], r[k]) for k in s)
+
+
+@pytest.mark.slow
+def test_export_loads_in_transformers_with_the_learners_logprobs(model_cfg, turns, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from learner.export import pack, unpack
+    from learner.processing import encode_prompt
+
+    learner = make_learner(model_cfg, lr=5e-2)
+    for i in range(2):
+        learner.step(turns[i * 8 : (i + 1) * 8])
+    folder = unpack(pack(learner.export(tmp_path / "v1")), tmp_path / "shipped")
+    t = turns[3]
+    gen = learner.processor.tokenizer(t.action_text, add_special_tokens=False)["input_ids"]
+    ours = learner.reference_logprobs(t.messages, t.images, gen)
+    base = AutoModelForImageTextToText.from_pretrained(model_cfg.path, dtype=torch.float32)
+    plain = PeftModel.from_pretrained(base, str(folder)).eval()
+    enc = encode_prompt(learner.processor, t.messages, t.images)
+    ids = torch.tensor([enc["input_ids"] + gen])
+    with torch.no_grad():
+        logits = plain(
+            input_ids=ids, pixel_values=enc["pixel_values"], pixel_attention_mask=enc["pixel_attention_mask"]
+        ).logits
+    start = len(enc["input_ids"]) - 1
+    theirs = torch.log_softmax(logits[0, start:-1].float(), -1).gather(-1, torch.tensor(gen)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(ours), theirs, atol=1e-5)
+    untrained = make_learner(model_cfg).reference_logprobs(t.messages, t.images, gen)
+    assert max(abs(a - b) for a, b in zip(ours, untrained)) > 1e-3  # the adapter changed the policy
+
+
+def test_unpack_refuses_foreign_members(tmp_path):
+    import io
+    import tarfile
+
+    from learner.export import unpack
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("../evil.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match="unexpected member '../evil.json'"):
+        unpack(buf.getvalue(), tmp_path)
