@@ -4,8 +4,8 @@ The versioning rules live in the plain class `VersionedSampler`, so they are tes
 the session's single vLLM engine; the Ray actor `Sampler` wraps it with a micro-batching queue (many
 runners submit at once, one backend call serves them all) and Ray metrics.
 
-Versions: 0 is the base model (always served). A pushed adapter gets a fresh backend LoRA id (vLLM
-serves stale weights when an id is reused), is scored on the learner's probe and is refused when any
+Versions: 0 is the base model (always served); pushed versions must increase. The backend gives each
+load a fresh LoRA id (vLLM serves stale weights when an id is reused). A pushed adapter is scored on the learner's probe and is refused when any
 log-prob differs by more than `probe_tolerance`; the previous version keeps serving. The newest
 `resident_versions` adapters stay loaded so in-flight episodes finish on their own version; a request
 for an evicted version falls back to the newest and is counted (`stale_requests`).
@@ -92,8 +92,7 @@ class VersionedSampler:
         self.backend = backend
         self.cfg = cfg
         self.stats = SamplerStats()
-        self._keys: dict[int, int] = {0: 0}  # version -> backend LoRA id (fresh for every load)
-        self._next_key = 1
+        self._resident: list[int] = [0]  # oldest first; 0 (the base model) never leaves
         self._dirs: dict[int, Path] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="vlmq-adapters-"))
         self._lock = threading.RLock()  # one backend call at a time (generate vs load)
@@ -124,39 +123,42 @@ class VersionedSampler:
         probe = _as_probe(probe)
         t0 = time.perf_counter()
         if isinstance(adapter, (bytes, bytearray)):
-            path = unpack(bytes(adapter), self._tmp / f"v{version}-{self._next_key}")
+            path = unpack(bytes(adapter), Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=self._tmp)))
         else:
             path = Path(adapter)
             if not (path / "adapter_config.json").exists():
                 raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
-        key = self._next_key
-        self._next_key += 1
         with self._lock:
-            self.backend.load_lora(key, str(path))
-            err = self._probe_error(probe, key) if probe is not None else 0.0
+            try:
+                self.backend.load_lora(version, str(path))
+                err = self._probe_error(probe, version) if probe is not None else 0.0
+            except Exception as e:  # a broken adapter is a failed sync too; the old version serves on
+                self.stats.sync_failures += 1
+                self.stats.last_sync_error = f"version {version}: {e!r}"
+                if isinstance(adapter, (bytes, bytearray)):
+                    self._drop_dir(path)
+                raise
             self.stats.last_probe_err = err
             if not err <= self.cfg.probe_tolerance:  # also catches NaN
-                self.backend.unload_lora(key)
-                self._drop_dir(path)
+                self.backend.unload_lora(version)
+                if isinstance(adapter, (bytes, bytearray)):
+                    self._drop_dir(path)
                 self.stats.sync_failures += 1
                 self.stats.last_sync_error = (
                     f"version {version}: probe log-probs differ by {err:.3g} > tolerance "
                     f"{self.cfg.probe_tolerance}; still serving version {self.version}"
                 )
                 return False
-            self._keys[version] = key
+            self._resident.append(version)
             if isinstance(adapter, (bytes, bytearray)):
                 self._dirs[version] = path
             self.stats.version = version
-            self.stats.resident = sorted(self._keys)
-            while (
-                len(self._keys) - 1 > self.cfg.resident_versions
-            ):  # evict the oldest adapter, never the base
-                old = min(v for v in self._keys if v > 0)
-                self.backend.unload_lora(self._keys.pop(old))
+            while len(self._resident) - 1 > self.cfg.resident_versions:  # evict the oldest adapter
+                old = self._resident.pop(1)
+                self.backend.unload_lora(old)
                 if old in self._dirs:
                     self._drop_dir(self._dirs.pop(old))
-            self.stats.resident = sorted(self._keys)
+            self.stats.resident = list(self._resident)
         self.stats.sync_ok += 1
         self.stats.last_sync_s = time.perf_counter() - t0
         if persist and self.state_file is not None:
@@ -167,8 +169,8 @@ class VersionedSampler:
             os.replace(tmp, self.state_file)  # atomic: a crash mid-write keeps the previous file
         return True
 
-    def _probe_error(self, probe: Probe, key: int) -> float:
-        got = self.backend.score(probe.messages, probe.images, probe.gen_ids, key)
+    def _probe_error(self, probe: Probe, version: int) -> float:
+        got = self.backend.score(probe.messages, probe.images, probe.gen_ids, version)
         if len(got) != len(probe.logprobs) or not got:
             return math.inf
         return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(probe.logprobs, np.float64))))
@@ -187,7 +189,7 @@ class VersionedSampler:
             flat: list[Request] = []
             for c, (requests, version) in enumerate(calls):
                 v = self.version if version is None else version
-                if v not in self._keys:
+                if v not in self._resident:
                     self.stats.stale_requests += len(requests)
                     v = self.version
                 for i, r in enumerate(requests):
@@ -195,7 +197,7 @@ class VersionedSampler:
                     flat.append(r)
             out: list[list[Completion | None]] = [[None] * len(reqs) for reqs, _ in calls]
             for v, slots in groups.items():
-                completions = self.backend.generate([calls[c][0][i] for c, i in slots], self._keys[v])
+                completions = self.backend.generate([calls[c][0][i] for c, i in slots], v)
                 for (c, i), comp in zip(slots, completions, strict=True):
                     if comp.version >= 0:  # -1: a scripted backend, no model version at all
                         comp.version = v
@@ -223,7 +225,8 @@ def make_backend(cfg: SamplerConfig, model: ModelConfig, seed: int = 0) -> Any:
         return VLLMBackend(
             model.path,
             max_loras=cfg.resident_versions + 1,
-            max_lora_rank=model.lora_r,
+            max_lora_rank=max(16, model.lora_r),
+            text_only=model.text_only,
             dtype=model.dtype,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             seed=seed,
@@ -302,7 +305,11 @@ class Sampler:
                 fut.set_result(res)
 
     def load_adapter(self, version: int, adapter: str | bytes, probe: Probe | dict | None = None) -> bool:
-        ok = self.core.load_adapter(version, adapter, probe)
+        try:
+            ok = self.core.load_adapter(version, adapter, probe)
+        except Exception:
+            self._m_fail.inc()
+            raise
         if ok:
             self._m_sync.observe(self.core.stats.last_sync_s)
             self._m_ver.set(self.core.version)

@@ -1,0 +1,236 @@
+"""Sampler: versioning rules (resident window, probe refusal, restart state), the hf backend's token
+ids and log-probs against the learner's batch builder, LoRA hot-swap on the session vLLM engine, and
+micro-batching in the Ray actor."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.hf_backend import HFBackend
+from actors.protocol import Completion, Request
+from actors.sampler import Probe, Sampler, VersionedSampler
+from learner.export import pack
+from vlmq.config import LearnerConfig, ModelConfig, SamplerConfig
+
+PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": 'Position 3, target 7. "+" or "-"?'}]}]
+PROMPT2 = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Blackjack: hit or stand?"}]}]
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+
+
+class FakeBackend:
+    """Each adapter folder's weight is its adapter_config.json length; log-probs are -weight."""
+
+    def __init__(self):
+        self.loaded: dict[int, float] = {0: 0.0}
+        self.calls: list[tuple[int, int]] = []  # (version, batch size)
+
+    def load_lora(self, version, path):
+        from pathlib import Path
+
+        self.loaded[version] = float(len((Path(path) / "adapter_config.json").read_text()))
+
+    def unload_lora(self, version):
+        del self.loaded[version]
+
+    def score(self, messages, images, gen_ids, version):
+        return [-self.loaded[version]] * len(gen_ids)
+
+    def generate(self, requests, version):
+        self.calls.append((version, len(requests)))
+        w = self.loaded[version]
+        return [Completion([1, 2], "x", [-w, -w], [7], version) for _ in requests]
+
+
+def _adapter(tmp_path, n: int):
+    d = tmp_path / f"adapter{n}"
+    d.mkdir()
+    (d / "adapter_config.json").write_text("{" + " " * n + "}")
+    (d / "adapter_model.safetensors").write_bytes(b"w")
+    return d
+
+
+def _probe(weight: float) -> dict:
+    return {"messages": PROMPT, "images": [], "gen_ids": [5, 6], "logprobs": [-weight, -weight]}
+
+
+def test_versions_resident_window_refusal_and_restart_state(tmp_path):
+    cfg = SamplerConfig(resident_versions=2, probe_tolerance=1e-3)
+    backend = FakeBackend()
+    s = VersionedSampler(backend, cfg, state_dir=tmp_path / "state")
+    req = [Request(PROMPT, [], ["+"])]
+    assert s.version == 0 and s.generate(req)[0].version == 0
+
+    a1, a2, a3 = (_adapter(tmp_path, n) for n in (10, 20, 30))
+    assert s.load_adapter(1, pack(a1), _probe(12.0))  # bytes through the "object store"
+    assert s.generate(req)[0].logprobs == [-12.0, -12.0] and s.generate(req)[0].version == 1
+    assert s.load_adapter(1, pack(a1), _probe(12.0))  # a re-push is a no-op
+    # a wrong reference: refused, unloaded, counted, and version 1 keeps serving
+    assert not s.load_adapter(2, str(a2), _probe(99.0))
+    assert s.version == 1 and 2 not in backend.loaded
+    assert s.stats.sync_failures == 1 and "differ by 77" in s.stats.last_sync_error
+    assert s.generate(req)[0].version == 1
+    assert s.load_adapter(2, str(a2), Probe(PROMPT, [], [5], [-22.0]))
+    assert s.load_adapter(3, pack(a3), _probe(32.0))
+    # resident: base + the newest 2; in-flight episodes of v2 still get v2, v1's fall back to the newest
+    assert s.stats.resident == [0, 2, 3] and sorted(backend.loaded) == [0, 2, 3]
+    assert s.generate(req, version=2)[0].logprobs == [-22.0, -22.0]
+    assert s.generate(req, version=1)[0].version == 3 and s.stats.stale_requests == 1
+    assert s.generate(req, version=0)[0].version == 0
+    with pytest.raises(ValueError, match="older than the served version 3"):
+        s.load_adapter(2, str(a2))
+    with pytest.raises(FileNotFoundError, match="not a peft adapter folder"):
+        s.load_adapter(4, str(tmp_path))
+
+    # a restarted sampler (same state dir, fresh backend) reloads and re-verifies the newest version
+    restarted = VersionedSampler(FakeBackend(), cfg, state_dir=tmp_path / "state")
+    assert restarted.version == 3 and restarted.stats.restored_version == 3
+    assert restarted.generate(req)[0].logprobs == [-32.0, -32.0]
+
+
+def test_generate_many_groups_callers_by_version(tmp_path):
+    backend = FakeBackend()
+    s = VersionedSampler(backend, SamplerConfig(resident_versions=2))
+    s.load_adapter(1, str(_adapter(tmp_path, 1)))
+    r = Request(PROMPT, [], ["+"])
+    out = s.generate_many([([r, r], None), ([r], 0), ([r, r, r], 1)])
+    assert [[c.version for c in o] for o in out] == [[1, 1], [0], [1, 1, 1]]
+    assert sorted(backend.calls) == [(0, 1), (1, 5)]  # one backend call per version
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_vlm_dir):
+    return HFBackend(str(tiny_vlm_dir), seed=0)
+
+
+def test_hf_backend_ids_and_logprobs_match_the_learners_batch(hf, tiny_vlm_dir):
+    from transformers import AutoModelForImageTextToText
+
+    from learner.batch import build_batch
+    from learner.processing import load_processor
+    from replay.turn import Turn
+
+    reqs = [
+        Request(PROMPT, [_image(0)], ["+", "-"], temperature=1.0, max_tokens=12),
+        Request(PROMPT2, [_image(1)], ["hit", "stand"], temperature=1.0, max_tokens=7),
+        Request(PROMPT, [_image(2)], ["+", "-"], temperature=0.0, max_tokens=9),
+    ]
+    comps = hf.generate(reqs, 0)
+    for r, c in zip(reqs, comps):
+        assert 1 <= len(c.gen_ids) <= r.max_tokens and len(c.logprobs) == len(c.gen_ids)
+        assert hf.eos_id not in c.gen_ids[:-1]  # stops at EOS
+        assert not set(c.gen_ids) & set(hf.suppress)  # never an image placeholder or other special token
+        assert all(lp <= 0 for lp in c.logprobs) and c.version == 0
+    turns = [
+        Turn(f"e{i}", 0, "numberline", i, r.messages, r.images, prompt_ids=c.prompt_ids, gen_ids=c.gen_ids,
+             action_text=c.text, logprobs=c.logprobs, terminated=True)
+        for i, (r, c) in enumerate(zip(reqs, comps))
+    ]  # fmt: skip
+    # build_batch re-encodes each prompt and raises if the sampler's prompt_ids differ (token-in, token-out)
+    batch = build_batch(turns, load_processor(str(tiny_vlm_dir)), LearnerConfig())
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        s = batch.seqs
+        logits = model(input_ids=s.input_ids, attention_mask=s.attention_mask, **s.images).logits
+    lp = torch.log_softmax(logits.float(), -1)
+    for b, c in enumerate(comps):
+        n = len(c.gen_ids)
+        assert batch.actions[b, :n].tolist() == c.gen_ids
+        ref = lp[b, batch.positions[b, :n]].gather(-1, batch.actions[b, :n, None]).squeeze(-1)
+        np.testing.assert_allclose(c.logprobs, ref.numpy(), atol=1e-4)
+    # greedy is deterministic
+    again = hf.generate([reqs[2]], 0)[0]
+    assert again.gen_ids == comps[2].gen_ids
+
+
+@pytest.mark.slow
+def test_hf_lora_hot_swap_with_probe(hf, make_lora_adapter):
+    s = VersionedSampler(hf, SamplerConfig(resident_versions=2, probe_tolerance=1e-4))
+    a1, a2 = make_lora_adapter(seed=11), make_lora_adapter(seed=12)
+    base = hf.generate([Request(PROMPT, [_image(0)], ["+"], temperature=0.0, max_tokens=6)], 0)[0]
+    gen = base.gen_ids
+    # the learner's reference: transformers + peft on the same adapter (here: the same backend class)
+    hf.load_lora(991, str(a1))
+    ref1 = hf.score(PROMPT, [_image(0)], gen, 991)
+    hf.unload_lora(991)
+    assert np.max(np.abs(np.array(ref1) - base.logprobs)) > 1e-3  # the adapter changes the policy
+    assert s.load_adapter(1, pack(a1), Probe(PROMPT, [_image(0)], gen, ref1))
+    assert not s.load_adapter(2, pack(a2), Probe(PROMPT, [_image(0)], gen, ref1))  # v2 is not v1
+    assert s.version == 1 and s.stats.sync_failures == 1
+    np.testing.assert_allclose(s.backend.score(PROMPT, [_image(0)], gen, s.version), ref1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_vllm_hot_swap_follows_versions_and_refuses_a_wrong_reference(
+    vllm_backend, hf, make_lora_adapter, fresh_version
+):
+    """Versions through VersionedSampler on the suite's one vLLM engine; references from transformers+peft."""
+    s = VersionedSampler(vllm_backend, SamplerConfig(resident_versions=2, probe_tolerance=1e-3))
+    a1, a2 = make_lora_adapter(seed=21), make_lora_adapter(seed=22)
+    v1, v_bad, v2 = fresh_version(), fresh_version(), fresh_version()
+    probe_ids = hf.generate([Request(PROMPT, [_image(3)], ["+"], temperature=0.0, max_tokens=8)], 0)[0].gen_ids
+    refs = {}
+    for v, a in ((v1, a1), (v2, a2)):
+        hf.load_lora(v, str(a))
+        refs[v] = hf.score(PROMPT, [_image(3)], probe_ids, v)
+        hf.unload_lora(v)
+
+    assert s.load_adapter(v1, pack(a1), Probe(PROMPT, [_image(3)], probe_ids, refs[v1]))
+    req = Request(PROMPT2, [_image(4)], ["hit", "stand"], temperature=0.0, max_tokens=8)
+
+    def check_served(version, adapter_ref_version):
+        (c,) = s.generate([req])
+        assert c.version == version
+        hf.load_lora(adapter_ref_version, str(a1 if adapter_ref_version == v1 else a2))
+        want = hf.score(req.messages, req.images, c.gen_ids, adapter_ref_version)
+        hf.unload_lora(adapter_ref_version)
+        np.testing.assert_allclose(c.logprobs, want, atol=1e-3)
+        return c
+
+    c1 = check_served(v1, v1)
+    # a wrong reference (v1's log-probs shifted) for adapter 2: refused, v1 keeps serving
+    wrong = [x + 0.05 for x in refs[v2]]
+    assert not s.load_adapter(v_bad, pack(a2), Probe(PROMPT, [_image(3)], probe_ids, wrong))
+    assert s.version == v1 and s.stats.sync_failures == 1
+    check_served(v1, v1)
+    assert s.load_adapter(v2, pack(a2), Probe(PROMPT, [_image(3)], probe_ids, refs[v2]))
+    c2 = check_served(v2, v2)
+    assert c2.logprobs != c1.logprobs
+    # an episode that started on v1 finishes on v1
+    (old,) = s.generate([req], version=v1)
+    assert old.version == v1 and old.gen_ids == c1.gen_ids
+    for v in s.stats.resident[1:]:
+        vllm_backend.unload_lora(v)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_sampler_actor_micro_batches_concurrent_callers(ray_local):
+    cfg = SamplerConfig(backend="scripted", policy="expert", batch_wait_s=0.05)
+    sampler = Sampler.remote(cfg, ModelConfig(path="/nonexistent"))
+    reqs = [Request(PROMPT, [], ["+", "-"], expert_action="-")] * 3
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(ray.get(sampler.generate.remote(reqs)))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 6 and all(c.text == '{"action": "-"}' and c.version == -1 for o in out for c in o)
+    st = ray.get(sampler.stats.remote())
+    assert st["requests"] == 18 and st["batches"] < 6  # several callers served by one backend call
+    assert ray.get(sampler.generate.remote([])) == []
