@@ -54,6 +54,10 @@ class ReplayConfig:
     flush_seconds: float = 5.0  # ... or when the oldest unflushed turn is this old
     offline_fraction: float = 0.5  # share of each batch drawn from the offline partition in phase 2
     offline_fraction_final: float = -1.0  # < 0: constant; else linear schedule to this over phase 2
+    image_cache_mb: int = 256  # decoded images a shard keeps in memory (LRU) to serve samples
+    max_restarts: int = -1  # Ray restarts of a dead shard actor (-1: forever); it reloads from disk
+    detached: bool = False  # True: shards outlive the driver (reconnect by root); False: die with the job
+    num_cpus: float = 0.0  # CPUs a shard actor reserves; 0 lets shards share nodes with everything else
 
 
 @dataclass
