@@ -1,0 +1,233 @@
+"""EnvRunner: complete, correct turns in replay (replayed in fresh envs), eval mode, epsilon, and faults
+(an env that crashes mid-episode, a sampler that hangs, a sampler killed and restarted by Ray)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray
+import ray.cloudpickle
+
+from actors.env_runner import EnvRunner, Runner
+from actors.sampler import Probe, Sampler
+from envs import EnvCrashed, make_env
+from learner.export import pack
+from vlmq.config import RunConfig
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test-local actors reach the workers
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def scripted_cfg(policy="random", runners=1, envs=4, **runner) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.path = "/nonexistent"  # the scripted backend needs no model
+    cfg.sampler.backend, cfg.sampler.policy = "scripted", policy
+    cfg.runner.num_runners, cfg.runner.envs_per_runner = runners, envs
+    for k, v in runner.items():
+        setattr(cfg.runner, k, v)
+    return cfg
+
+
+class Sink:
+    """A replay stand-in for in-process runners."""
+
+    def __init__(self):
+        self.turns = []
+
+    def add(self, turns):
+        self.turns.extend(turns)
+        return len(turns)
+
+
+def episodes_of(turns) -> dict[str, list]:
+    eps: dict[str, list] = {}
+    for t in sorted(turns, key=lambda t: (t.episode_id, t.turn_index)):
+        eps.setdefault(t.episode_id, []).append(t)
+    return eps
+
+
+def assert_episode_replays(cfg: RunConfig, ep: list) -> None:
+    """Play the episode's actions in a fresh env with its seed: prompts, rewards and dones must match."""
+    env = make_env(cfg.env.id, cfg.env.obs_mode, cfg.env.syntax_penalty, cfg.env.history, cfg.env.max_steps)
+    obs, _ = env.reset(seed=ep[0].seed)
+    history = []
+    assert [t.turn_index for t in ep] == list(range(len(ep)))
+    for i, t in enumerate(ep):
+        messages, images = env.prompt(obs, history)
+        assert t.messages == messages and len(t.images) == len(images)
+        assert all(np.array_equal(a, b) for a, b in zip(t.images, images))
+        history.append((obs.text, t.action_text))
+        obs, reward, terminated, truncated, info = env.step(t.action_text)
+        assert (t.reward, t.terminated, t.truncated, t.action, t.syntax_ok) == (
+            reward, terminated, truncated, info["action"], info["syntax_ok"]
+        )  # fmt: skip
+        assert (terminated or truncated) == (i == len(ep) - 1)  # whole episodes only
+        if terminated:
+            assert t.next_messages is None and t.next_images == []
+        else:
+            nm, ni = env.prompt(obs, history)
+            assert t.next_messages == nm and all(np.array_equal(a, b) for a, b in zip(t.next_images, ni))
+            if i + 1 < len(ep):
+                assert ep[i + 1].messages == t.next_messages
+
+
+def test_scripted_runners_fill_replay_with_complete_correct_turns(ray_local, tmp_path):
+    from replay.client import start_replay
+    from replay.store import ImageStore, open_root, read_folder
+    from replay.turn import rows_to_turns
+
+    cfg = scripted_cfg("epsilon:0.5", runners=2, envs=3, send_every=8)
+    replay = start_replay(cfg.replay, str(tmp_path / "replay"))
+    sampler = Sampler.remote(cfg.sampler, cfg.model)
+    runners = [EnvRunner.remote(cfg, [sampler], replay, i) for i in range(2)]
+    stats = ray.get([r.run.remote(120) for r in runners])
+    assert all(s["turns"] >= 120 and s["crashes"] == 0 for s in stats)
+    assert replay.flush() >= 0 and replay.stats()["online"] == sum(s["sent_turns"] for s in stats)
+
+    fs, root = open_root(str(tmp_path / "replay"))
+    turns = []
+    for shard in sorted(fs.ls(root)):
+        table, bad = read_folder(shard)
+        assert not bad
+        turns += rows_to_turns(table, ImageStore(fs, f"{shard}/images").get)
+    eps = episodes_of(turns)
+    assert len(turns) == sum(s["sent_turns"] for s in stats) and len(eps) == sum(s["episodes"] for s in stats)
+    seeds = [ep[0].seed for ep in eps.values()]
+    assert len(set(seeds)) == len(seeds) and max(seeds) < cfg.eval.seed  # disjoint across runners, not eval
+    assert {e.split("-")[0] for e in eps} == {"r0", "r1"}
+    for ep in eps.values():
+        assert all(t.policy_version == -1 and t.gen_ids is None and t.logprobs is None for t in ep)
+        assert_episode_replays(cfg, ep)
+
+
+def test_eval_is_greedy_on_held_out_seeds_and_epsilon_fixes_syntax(ray_local):
+    cfg = scripted_cfg("malformed:1.0", envs=4, epsilon=1.0)
+    sampler = Sampler.remote(cfg.sampler, cfg.model)
+    sink = Sink()
+    runner = Runner(cfg, [sampler], sink)
+    st = runner.run(40)
+    # every model output is malformed, but epsilon=1 replaces each by a random legal action
+    assert st["epsilon_actions"] == st["turns"] >= 40 and st["syntax_accuracy"] == 1.0
+    assert all(t.syntax_ok for t in sink.turns)
+    ev = runner.evaluate(10)  # no epsilon in eval: the malformed policy shows
+    assert ev == {
+        "episodes": 10,
+        "success_rate": 0.0,
+        "mean_return": -10.0,
+        "syntax_accuracy": 0.0,
+        "mean_length": 10.0,
+    }
+
+    expert = Runner(
+        scripted_cfg("expert", envs=3), [Sampler.remote(scripted_cfg("expert").sampler, cfg.model)]
+    )
+    ev = expert.evaluate(7, seed=2_000_000)
+    lengths = []
+    for s in range(2_000_000, 2_000_007):
+        env = make_env("numberline")
+        env.reset(seed=s)
+        lengths.append(abs(env.goal - env.pos))
+    assert ev == {
+        "episodes": 7,
+        "success_rate": 1.0,
+        "mean_return": 1.0,
+        "syntax_accuracy": 1.0,
+        "mean_length": pytest.approx(np.mean(lengths)),
+    }
+    assert expert.stats()["episodes"] == 0  # evaluation episodes are not training episodes
+
+
+class CrashyRunner(Runner):
+    """The first `crash` envs made raise EnvCrashed on their second step."""
+
+    crash = 2
+
+    def _make_env(self):
+        env = super()._make_env()
+        self.made = getattr(self, "made", 0) + 1
+        if self.made <= self.crash:
+            step, calls = env.step, []
+
+            def crashing_step(text):
+                calls.append(text)
+                if len(calls) == 2:
+                    raise EnvCrashed("browser died")
+                return step(text)
+
+            env.step = crashing_step
+        return env
+
+
+def test_a_crashing_env_is_recreated_and_its_partial_episode_dropped(ray_local):
+    cfg = scripted_cfg("expert", envs=4, send_every=1)
+    cfg.env.id = "ezpoints"  # long enough episodes that the second step is mid-episode
+    sink = Sink()
+    runner = CrashyRunner(cfg, [Sampler.remote(cfg.sampler, cfg.model)], sink)
+    st = runner.run(60)
+    assert st["crashes"] == 2 and st["dropped_turns"] == 2 and runner.made == 4 + 2
+    assert st["turns"] >= 60
+    eps = episodes_of(sink.turns)
+    # the crashed envs' first episodes never reach replay; every episode that does is whole and correct
+    assert f"{runner.tag}-0" not in eps and f"{runner.tag}-1" not in eps
+    for ep in eps.values():
+        assert_episode_replays(cfg, ep)
+
+
+@ray.remote
+class HangingSampler:
+    def generate(self, requests, version=None):
+        time.sleep(60)
+
+
+def test_a_hanging_sampler_is_retried_then_the_runner_raises(ray_local):
+    cfg = scripted_cfg()
+    cfg.sampler.timeout_s, cfg.sampler.retries = 0.3, 2
+    runner = Runner(cfg, [HangingSampler.remote()])
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="sampler call failed 3 times"):
+        runner.run(10)
+    assert time.monotonic() - t0 < 10 and runner.stats()["sampler_retries"] == 3
+
+
+@pytest.mark.slow
+def test_sampler_killed_mid_run_restarts_with_the_newest_adapter(
+    ray_local, tiny_text_dir, make_lora_adapter, tmp_path
+):
+    from actors.hf_backend import HFBackend
+
+    cfg = RunConfig()
+    cfg.model.path, cfg.model.text_only = str(tiny_text_dir), True
+    cfg.env.obs_mode = "text"
+    cfg.sampler.backend, cfg.sampler.max_tokens, cfg.sampler.timeout_s = "hf", 8, 60.0
+    cfg.runner.envs_per_runner = 4
+    adapter = make_lora_adapter(seed=7, model_dir=tiny_text_dir)
+    ref = HFBackend(str(tiny_text_dir), text_only=True)
+    ref.load_lora(5, str(adapter))
+    env = make_env("numberline", obs_mode="text")
+    messages, images = env.prompt(env.reset(seed=0)[0])
+    gen_ids = ref.tokenizer.encode('{"action": "+"}', add_special_tokens=False) + [ref.eos_id]
+    probe = Probe(messages, images, gen_ids, ref.score(messages, images, gen_ids, 5))
+
+    sampler = Sampler.options(max_restarts=1).remote(cfg.sampler, cfg.model, str(tmp_path / "sampler"))
+    assert ray.get(sampler.load_adapter.remote(5, pack(adapter), probe))
+    runner = EnvRunner.remote(cfg, [sampler], None, 0)
+    done = runner.run.remote(150)
+    while ray.get(runner.stats.remote())["turns"] < 20:
+        time.sleep(0.2)
+    ray.kill(sampler, no_restart=False)
+    st = ray.get(done, timeout=300)
+    assert st["turns"] >= 150 and st["sampler_retries"] >= 1 and st["policy_version"] == 5
+    sst = ray.get(sampler.stats.remote())
+    assert sst["restarted"] and sst["restored_version"] == 5 and sst["version"] == 5 and sst["requests"] > 0
