@@ -1,0 +1,104 @@
+"""`vlmq data collect | info | export` on the real numberline env, and the files' readability."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from replay.datasets import export, info
+from replay.shard import Shard
+from replay.store import read_folder
+from vlmq.cli import main
+from vlmq.config import ReplayConfig
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out = str(tmp_path_factory.mktemp("data") / "numberline")
+    main(
+        ["data", "collect", "--env", "numberline", "--policy", "malformed:0.3", "--episodes", "40"]
+        + ["--out", out, "--workers", "2", "--seed", "5"]
+    )
+    yield out
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_collect_and_info(dataset, capsys):
+    main(["data", "info", dataset])
+    stats = json.loads(capsys.readouterr().out)
+    table, bad = read_folder(dataset)
+    assert not bad and stats["bad_segments"] == []
+    assert stats["turns"] == table.num_rows and stats["episodes"] == stats["complete_episodes"] == 40
+    assert stats["env_ids"] == ["numberline"] and stats["policy"] == "malformed:0.3"
+    assert stats["policy_versions"] == {"-1": table.num_rows}
+    rows = table.to_pylist()
+    syntax_errors = sum(not r["syntax_ok"] for r in rows)
+    assert syntax_errors > 0 and stats["syntax_error_rate"] == pytest.approx(syntax_errors / len(rows))
+    ends = [r for r in rows if r["terminated"] or r["truncated"]]
+    assert len(ends) == 40
+    assert stats["success_rate"] == pytest.approx(np.mean([r["success"] for r in ends]))
+    returns = {}
+    for r in rows:
+        returns[r["episode_id"]] = returns.get(r["episode_id"], 0.0) + r["reward"]
+    assert stats["mean_return"] == pytest.approx(np.mean(list(returns.values())))
+    meta = json.load(open(f"{dataset}/meta.json"))
+    assert meta["seed"] == 5 and sum(meta["segments"].values()) == table.num_rows
+    # each episode: turns 0..n-1 in order; every turn but the last bootstraps from the next prompt
+    by_ep: dict[str, list[dict]] = {}
+    for r in rows:
+        by_ep.setdefault(r["episode_id"], []).append(r)
+    for ep in by_ep.values():
+        assert [r["turn_index"] for r in ep] == list(range(len(ep)))
+        assert all(a["next_messages"] == b["messages"] for a, b in zip(ep, ep[1:]))
+        assert all(a["next_image_hashes"] == b["image_hashes"] for a, b in zip(ep, ep[1:]))
+        assert ep[-1]["terminated"] or ep[-1]["truncated"]
+        assert ep[-1]["next_messages"] is None or ep[-1]["truncated"]
+        assert all(r["seed"] == ep[0]["seed"] for r in ep)
+    # images are stored once: far fewer files than references
+    refs = sum(len(r["image_hashes"]) for r in rows)
+    assert refs == table.num_rows and 0 < stats["images"] < refs
+
+
+@pytest.mark.slow
+def test_files_load_with_pyarrow_datasets_and_as_offline_replay(dataset, tmp_path):
+    import datasets
+
+    n = info(dataset)["turns"]
+    assert pq.read_table(f"{dataset}/seg-000000.parquet").num_rows > 0
+    hf = datasets.load_dataset(
+        "parquet", data_files=f"{dataset}/seg-*.parquet", split="train", cache_dir=str(tmp_path / "hf")
+    )
+    assert hf.num_rows == n and json.loads(hf[0]["messages"])[0]["role"] == "user"
+    shard = Shard(f"memory://{tmp_path.name}", ReplayConfig())
+    assert shard.load_offline(dataset) == n
+    for t in shard.sample(64, 1.0, seed=0):
+        assert len(t.images) == 1 and t.images[0].dtype == np.uint8 and t.images[0].shape[2] == 3
+        assert t.policy_version == -1 and t.gen_ids is None and t.logprobs is None
+        assert t.terminated or len(t.next_images) == 1
+    shard.close()
+
+
+@pytest.mark.slow
+def test_export_jsonl_and_parquet(dataset, tmp_path, capsys):
+    table, _ = read_folder(dataset)
+    main(["data", "export", dataset, "--out", str(tmp_path / "all.jsonl"), "--format", "jsonl"])
+    assert f"wrote {table.num_rows} turns" in capsys.readouterr().out
+    lines = [json.loads(line) for line in open(tmp_path / "all.jsonl")]
+    assert len(lines) == table.num_rows
+    assert lines[0]["messages"] == json.loads(table.column("messages")[0].as_py())
+    assert lines[0]["episode_id"] == table.column("episode_id")[0].as_py()
+    export(dataset, str(tmp_path / "all.parquet"), fmt="parquet")
+    assert pq.read_table(tmp_path / "all.parquet").equals(table)
+    with pytest.raises(ValueError, match="jsonl or parquet"):
+        export(dataset, str(tmp_path / "x.csv"), fmt="csv")
+    with pytest.raises(FileExistsError, match="already holds a dataset"):
+        main(["data", "collect", "--env", "numberline", "--episodes", "1", "--out", dataset])
