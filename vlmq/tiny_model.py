@@ -22,7 +22,7 @@ PAD, BOS, TURN, EOS = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<end_of_utter
 FAKE_IMAGE, IMAGE, GLOBAL_IMAGE = "<fake_token_around_image>", "<image>", "<global-img>"
 SPECIAL_TOKENS = [PAD, BOS, TURN, EOS, FAKE_IMAGE, IMAGE, GLOBAL_IMAGE]
 
-VOCAB_SIZE = 1024  # small so the critic head (hidden -> vocab) is cheap
+VOCAB_SIZE = 1024  # an upper bound (the env corpus gives ~800): small so the critic head is cheap
 IMAGE_SIZE = 64  # env images (300x300) are resized to this square: one patch grid, no splitting
 PATCH_SIZE = 8
 SCALE_FACTOR = 2  # Idefics3 pixel shuffle: (64/8)^2 / 2^2 = 16 image tokens per image
@@ -42,33 +42,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# Used until (and only if) envs.vocab_corpus is missing: the words the envs and the template use.
-_FALLBACK_CORPUS = [
-    "You are playing NumberLine. The current position is 3 and the target is 7. "
-    'Legal actions: "+", "-". Answer in JSON: {"thoughts": "...", "action": "+"}',
-    '{"thoughts": "I should move right", "action": "+"}',
-    '{"thoughts": "I am above the target", "action": "-"}',
-    'Blackjack: your hand is 14, the dealer shows 10. Legal actions: "stand", "hit". {"action": "hit"}',
-    "Points24: cards 1 2 3 4 10 J Q K A, numbers 0 1 2 3 4 5 6 7 8 9 ( ) * / = equals formula",
-    "BabyAI mission: go to the red ball. Actions: left, right, forward, pickup, drop, toggle, done.",
-    '{"action": "forward"} {"action": "left"} {"action": "right"} {"action": "pickup"} {"action": "toggle"}',
-    "MiniWoB: click the button. click(12) click_element submit OK Cancel link textbox",
-    "system user assistant image text true false null, : [ ] { } \" ' . ? ! # - _ +",
-]
-
-
-def _corpus() -> list[str]:
-    try:
-        from envs import vocab_corpus
-    except ImportError:
-        return list(_FALLBACK_CORPUS)
-    return list(vocab_corpus())
-
 
 def _train_tokenizer():
     """A byte-level BPE over the env vocabulary: any text encodes, frequent env words are one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from envs import vocab_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -79,7 +59,7 @@ def _train_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus() + [CHAT_TEMPLATE], trainer=trainer)
+    tok.train_from_iterator(vocab_corpus() + [CHAT_TEMPLATE], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
