@@ -59,6 +59,27 @@ _QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]+)[\"\u201d]")
 logging.getLogger("browsergym").setLevel(logging.ERROR)  # "Overriding the task's slow_mo" per reset
 
 
+def _compact(tree: str) -> str:
+    """Drop what costs tokens and says nothing (the page URL, text that repeats the line above, nameless
+    nodes without an id) and give a text <span> its text, so links made of spans can be named."""
+    lines, prev = [], ""
+    for line in _URL.sub("", tree).splitlines():
+        body = line.strip()
+        if body.startswith("InlineTextBox") or (not body.startswith("[") and body.endswith("''")):
+            continue
+        if body.startswith("StaticText "):
+            text = body[len("StaticText ") :]
+            if text in prev:
+                continue
+            if lines and re.fullmatch(r"\[\w+\] generic", prev):  # a <span>'s text: name the span
+                lines[-1] = f"{lines[-1]} {text}"
+                prev = lines[-1].strip()
+                continue
+        lines.append(line)
+        prev = body
+    return "\n".join(lines)
+
+
 def miniwob_url() -> str:
     """file:// URL of the MiniWoB++ pages shipped in the `miniwob` wheel (no server, no download)."""
     spec = importlib.util.find_spec("miniwob")
@@ -97,9 +118,9 @@ class MiniWoBEnv(VLMEnv):
     description = "MiniWoB: a web page. Do what the goal says by clicking page elements."
     action_doc = "click('<id>') clicks the element shown as [<id>] in the page."
     example_action = "click('12')"
-    time_limit = 10
+    time_limit = 15  # click-checkboxes-large needs up to 13 clicks
 
-    def __init__(self, task: str = "click-test", tree_budget: int = 1500, **kw):
+    def __init__(self, task: str = "click-test", tree_budget: int = 2000, **kw):
         from browsergym.miniwob import ALL_MINIWOB_TASKS
 
         known = sorted(t.subdomain for t in ALL_MINIWOB_TASKS)
@@ -120,6 +141,7 @@ class MiniWoBEnv(VLMEnv):
         self._bg = gym.make(
             f"browsergym/miniwob.{self.task}",
             headless=True,
+            tags_to_mark="all",  # MiniWoB links, pie items and tree nodes are <span>s: give them ids too
             slow_mo=0,
             pre_observation_delay=0.0,
             pw_chromium_kwargs={"executable_path": chromium_path()},
@@ -149,7 +171,8 @@ class MiniWoBEnv(VLMEnv):
             obs, _ = self._bg.reset(seed=seed)
         except PlaywrightError as e:
             raise self._crashed(e) from e
-        self._clicked: list[str] = []
+        self._clicked_names: list[str] = []  # what the oracle's clicks (when played) were for
+        self._pending_name = None
         self._read(obs)
         self.reward_total = 0.0
 
@@ -157,8 +180,10 @@ class MiniWoBEnv(VLMEnv):
         from browsergym.utils.obs import flatten_axtree_to_str
 
         self.goal = obs["goal"]
-        tree = flatten_axtree_to_str(obs["axtree_object"], extra_properties=obs["extra_element_properties"])
-        tree = _URL.sub("", "\n".join(ln for ln in tree.splitlines() if "InlineTextBox" not in ln))
+        tree = flatten_axtree_to_str(
+            obs["axtree_object"], extra_properties=obs["extra_element_properties"], skip_generic=False
+        )
+        tree = _compact(tree)
         self.tree = tree if len(tree) <= self.tree_budget else tree[: self.tree_budget] + "\n..."
         self.screenshot = np.ascontiguousarray(obs["screenshot"][..., :3], dtype=np.uint8)
         self._actions = [self.format_click_action(b) for b in dict.fromkeys(_BID.findall(self.tree))]
@@ -173,7 +198,8 @@ class MiniWoBEnv(VLMEnv):
             obs, reward, terminated, truncated, _ = self._bg.step(action)
         except PlaywrightError as e:
             raise self._crashed(e) from e
-        self._clicked.append(action)
+        if self._pending_name is not None and action == self._pending_action:
+            self._clicked_names.append(self._pending_name)
         self._read(obs)
         self.reward_total += float(reward)
         return float(reward), bool(terminated), bool(truncated)
@@ -188,29 +214,50 @@ class MiniWoBEnv(VLMEnv):
         return self.reward_total > 0
 
     def expert_action(self):
-        """Oracle for pages whose answer is readable: click the elements the goal names (quoted, or
-        after 'Click'/'Select'), in order, then Submit if the page has one. None when nothing matches."""
-        elements = [(bid, role, name) for bid, role, name in _LINE.findall(self.tree)]
-        targets = _QUOTED.findall(self.goal)
-        if not targets:
-            m = re.search(
-                r"(?:click|select)(?: on)?(?: the)? (.+?)(?: and click submit)?\.?$", self.goal, re.I
-            )
-            targets = [t.strip() for t in re.split(r",\s*|\s+and\s+", m.group(1))] if m else []
-        for target in targets:
+        """Oracle for pages whose answer is in the text: click the elements the goal names, in order
+        (quoted names, 'Select a, b', 'Select a>b>c', 'button ONE', widget roles, 'the 3rd textbox');
+        open a tab or section while a target is hidden; then Submit. None when nothing fits (tasks that
+        need the picture: colors, shapes, synonyms)."""
+        elements = _LINE.findall(self.tree)  # (bid, role, name)
+        goal = self.goal.strip()
+        targets = _QUOTED.findall(goal)
+        if not targets and (m := re.match(r"select (.+?)(?: and (?:click|press) submit)?\.?$", goal, re.I)):
+            targets = [t for t in re.split(r",\s*|\s+and\s+|>", m.group(1)) if t]
+        targets = targets or re.findall(r"button (\w+)", goal)
+        if m := re.search(r"(\d)(?:st|nd|rd|th) input textbox", goal):
+            boxes = [bid for bid, role, _ in elements if role == "textbox"]
+            k = int(m.group(1)) - 1
+            return self.format_click_action(boxes[k]) if k < len(boxes) else None
+        todo = [t for t in targets if not any(t in done for done in self._clicked_names)]
+        for target in todo[:1]:
+            t = target.strip().lower()
+            roles = {"x": "", "text": "textbox"}
+            for bid, role, name in elements:
+                if name.lower() == t or (t == "x" and name.lower() == "close") or role == roles.get(t, t):
+                    return self._click(bid, target)
+            for bid, _, name in elements:  # hidden: open the next closed tab or section
+                if "expanded=False" in self._line(bid) and name not in self._clicked_names:
+                    return self._click(bid, name)
+            return None
+        if not targets and "expand" in goal.lower():
             for bid, _, name in elements:
-                action = self.format_click_action(bid)
-                if name.strip().lower() == target.strip().lower() and action not in self._clicked:
-                    if action in self._actions:
-                        return action
+                if "expanded=False" in self._line(bid) and name not in self._clicked_names:
+                    return self._click(bid, name)
         for bid, role, name in elements:
             if role == "button" and name.lower() == "submit":
-                return self.format_click_action(bid)
-        for role in ("button", "link", "textbox", "checkbox"):  # "Click the button." with one button
+                return self._click(bid, name)
+        for role in ("button", "textbox"):  # "Click the button." / "Focus into the textbox."
             hits = [bid for bid, r, _ in elements if r == role]
-            if role in self.goal.lower() and len(hits) == 1:
-                return self.format_click_action(hits[0])
+            if role in goal.lower() and len(hits) == 1:
+                return self._click(hits[0], role)
         return None
+
+    def _click(self, bid: str, name: str) -> str:
+        self._pending_name, self._pending_action = name, self.format_click_action(bid)
+        return self._pending_action  # remembered as done once it is played (see _apply)
+
+    def _line(self, bid: str) -> str:
+        return next((ln for ln in self.tree.splitlines() if ln.strip().startswith(f"[{bid}]")), "")
 
     # ---- static helpers (the vocab corpus uses them without a browser) -------------------------
     @staticmethod
