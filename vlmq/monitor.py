@@ -1,7 +1,7 @@
 """What a researcher watches: Ray dashboard metrics, TensorBoard, a console line, end-of-run plots.
 
-The driver is the one place that sees every component's stats, so it records every metric here;
-actors keep plain counters in `stats()` and stay free of exporter state. docs/metrics.md lists them.
+Env runners and samplers record what only they see (steps, episodes, success, latency, refused
+pushes); the driver records the rest here: learner, replay, versions, rates. docs/metrics.md lists all.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 _GAUGES = {
     "env_steps_per_s": "Environment steps per second, all runners",
-    "success_rate": "Success rate of the episodes finished since the last report",
-    "syntax_accuracy": "Share of turns whose output parsed into a legal action",
     "sampler_tokens_per_s": "Generated tokens per second, all samplers",
     "replay_size": "Turns held by the replay, by partition",
     "replay_sample_age": "Mean age of sampled online turns, in collected turns",
@@ -29,8 +27,6 @@ _GAUGES = {
     "eval_success": "Greedy success on held-out seeds",
 }
 _COUNTERS = {
-    "env_steps": "Environment steps (turns) collected",
-    "episodes": "Episodes finished",
     "updates": "Learner updates",
     "sync_failures": "LoRA versions refused by a sampler's probe check",
 }

@@ -1,0 +1,212 @@
+"""The main job end to end, through the real CLI: `ray start --head --block`, `deploy/submit.sh`
+(`ray job submit`), a short config; then resume, and placement on a simulated 2-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head of its own (own temp dir and ports), killed by pid afterwards: never `ray stop`."""
+    tmp = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: Ray's unix sockets live under it
+    ports = {k: _free_port() for k in ("gcs", "dash", "metrics")}
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="disabled",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        PATH=f"{BIN}:{os.environ['PATH']}",
+    )
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=8",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dash']}",
+         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={tmp}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{ports['dash']}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError("the Ray head did not come up") from None
+            time.sleep(1)
+    env["RAY_ADDRESS"] = address
+    yield {"env": env, "address": address, "metrics": ports["metrics"]}
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _submit(head, job_id: str, out_dir: Path, model_dir: Path, *args: str, wait: bool = False):
+    env = dict(head["env"], VLMQ_JOB_ID=job_id, VLMQ_PYTHON=sys.executable)
+    if not wait:
+        env["VLMQ_SUBMIT_FLAGS"] = "--no-wait"
+    cmd = [
+        "bash",
+        "deploy/submit.sh",
+        "configs/smoke.yaml",
+        f"out_dir={out_dir}",
+        f"model.path={model_dir}",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _job(head, job_id: str, what: str = "status") -> str:
+    out = subprocess.run(
+        [str(BIN / "ray"), "job", what, "--address", head["address"], job_id],
+        env=head["env"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return out.stdout + out.stderr
+
+
+def _wait_status(head, job_id: str, timeout: float = 900) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = _job(head, job_id)
+        for s in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if f"status: {s}" in status or f"'{s}'" in status or s in status.split():
+                return s
+        time.sleep(2)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+
+
+def _online_versions(replay_root: Path) -> dict[int, int]:
+    from replay.shard import Shard
+    from vlmq.config import ReplayConfig
+
+    shard = Shard(str(replay_root), ReplayConfig(), 0, 1)
+    try:
+        return shard.stats()["policy_versions"]["online"]
+    finally:
+        shard.close()
+
+
+def test_job_submit_end_to_end(head, tiny_vlm_dir, tmp_path):
+    job = "vlmq-e2e"
+    out = _submit(head, job, tmp_path, tiny_vlm_dir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    metrics_seen, deadline = False, time.time() + 900
+    while time.time() < deadline:
+        if not metrics_seen:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=5).read()
+                metrics_seen = b"ray_vlmq_updates_total" in page and b"ray_vlmq_env_steps" in page
+            except OSError:
+                pass
+        status = _job(head, job)
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(2)
+    logs = _job(head, job, "logs")
+    assert "SUCCEEDED" in _job(head, job), logs[-3000:]
+    if not metrics_seen:  # the export lags by ~10 s; the job may end first
+        time.sleep(15)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=5).read()
+        metrics_seen = b"ray_vlmq_updates_total" in page
+    assert metrics_seen, "custom vlmq metrics never appeared on the metrics export port"
+
+    run = tmp_path / "smoke"
+    results = json.loads((run / "results.json").read_text())
+    assert results["lora_versions"] >= 2
+    assert results["updates"] == 10
+    assert (run / "checkpoints" / "latest").exists()
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "learner").is_dir() and (ckpt / "driver.json").exists()
+    versions = _online_versions(run / "replay")
+    served = {v for v in versions if int(v) > 0}
+    assert served, f"no online turns with a policy version > 0: {versions}"
+    assert len(served) >= 2 or results["lora_versions"] >= 2
+    assert logs.count("[eval") == 3 and "refused" not in logs
+    for png in ("collection.png", "learning.png"):
+        assert (run / png).stat().st_size > 0
+
+
+def test_resume_continues_from_checkpoint(head, tiny_vlm_dir, tmp_path):
+    job = "vlmq-resume-1"
+    longer = ["learner.online_steps=400", "learner.checkpoint_every=6", "eval.episodes=4"]
+    assert _submit(head, job, tmp_path, tiny_vlm_dir, *longer).returncode == 0
+    ckpts = tmp_path / "smoke" / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # stop after a checkpoint taken in the online phase
+        latest = (ckpts / "latest").read_text().strip() if (ckpts / "latest").exists() else ""
+        if latest and int(latest.split("_")[1]) >= 6:
+            break
+        assert "FAILED" not in _job(head, job), _job(head, job, "logs")[-3000:]
+        time.sleep(1)
+    else:
+        pytest.fail("no online checkpoint within 600 s")
+    _job(head, job, "stop")
+    assert _wait_status(head, job) == "STOPPED"
+    time.sleep(3)
+    step = int((ckpts / "latest").read_text().strip().split("_")[1])
+    before = _online_versions(tmp_path / "smoke" / "replay")
+    assert sum(before.values()) > 0
+
+    job2 = "vlmq-resume-2"
+    short = ["learner.online_steps=16", "learner.checkpoint_every=6", "eval.episodes=4", "--resume"]
+    out = _submit(head, job2, tmp_path, tiny_vlm_dir, *short, wait=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    logs = _job(head, job2, "logs")
+    assert f"resumed from step_{step:07d}: update {step}" in logs
+    assert "[eval before]" not in logs  # the earlier job did it; a resume continues, not restarts
+    results = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert results["updates"] == 4 + 16
+    after = _online_versions(tmp_path / "smoke" / "replay")
+    for v, n in before.items():  # the turns flushed before the stop are all still there
+        assert after.get(v, 0) >= n
+
+
+def test_two_node_cluster_places_runners_on_both(tiny_vlm_dir, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from vlmq.config import load_config
+    from vlmq.driver import train
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})
+    cluster.add_node(num_cpus=4)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        cfg = load_config(
+            REPO / "configs" / "smoke.yaml",
+            [f"out_dir={tmp_path}", f"model.path={tiny_vlm_dir}", "runner.num_runners=2",
+             "runner.envs_per_runner=2", "sampler.backend=scripted", "learner.online_steps=2",
+             "learner.checkpoint_every=100", "eval.episodes=4"],
+        )  # fmt: skip
+        results = train(cfg)
+        assert results["runner_nodes"] == 2
+        assert results["env_steps"] > 0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,0 +1,376 @@
+"""The training job: offline phase, then online phase, on whatever Ray cluster the job runs in.
+
+    model -> replay (+ offline dataset) -> learner, samplers, env runners
+    phase 1: learner updates on offline turns only
+    phase 2: runners collect with the newest verified LoRA version while the learner trains on a mix
+             of offline and online turns; a new version every `publish_every` updates; at most
+             `max_updates_per_turn` updates per collected turn, so the learner cannot over-fit stale data.
+
+Under `ray job submit` the driver joins the job's cluster (RAY_ADDRESS is set); run directly it starts a
+local Ray. Paths are made absolute before any actor sees them. docs/driver.md describes the checkpoint
+layout and resume rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from vlmq.config import RunConfig, save_config
+from vlmq.monitor import Monitor, table
+
+
+@dataclass
+class DriverState:
+    """What the driver itself must remember across a resume (the learner saves the rest)."""
+
+    updates: int = 0  # learner updates, both phases
+    version: int = 0  # newest LoRA version pushed and verified (0: the base model)
+    env_steps: int = 0  # online turns collected in earlier job runs
+    online_s: float = 0.0  # collection wall time in earlier job runs
+    evals: dict[str, float] = field(default_factory=dict)
+    sync_s: list[float] = field(default_factory=list)
+    version_updates: dict[str, int] = field(default_factory=dict)  # version -> update count when pushed
+
+
+def _absolute(cfg: RunConfig) -> None:
+    """Actors may run in another working directory (a job's runtime env): give them absolute paths."""
+    cfg.out_dir = str(Path(cfg.out_dir).absolute())
+    cfg.model.path = str(Path(cfg.model.path).absolute()) if "://" not in cfg.model.path else cfg.model.path
+    if cfg.data.path:
+        cfg.data.path = str(Path(cfg.data.path).absolute())
+    if cfg.replay.root and "://" not in cfg.replay.root:
+        cfg.replay.root = str(Path(cfg.replay.root).absolute())
+
+
+def _init_ray() -> None:
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:  # logical CPUs: actors mostly wait on each other, so oversubscribing a small machine is fine
+        ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
+
+
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    latest = ckpt_root / "latest"
+    return ckpt_root / latest.read_text().strip() if latest.exists() else None
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, resume: bool):
+        from actors.placement import start_runners, start_samplers
+        from learner.trainer import LearnerGroup
+        from replay.client import start_replay
+
+        _absolute(cfg)
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.ckpt_root = self.run_dir / "checkpoints"
+        ckpt = _latest_checkpoint(self.ckpt_root)
+        if resume and ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_root}; nothing to resume")
+        if not resume and ckpt is not None:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run with checkpoints; pass --resume to continue it, "
+                "or choose another name= / out_dir="
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        _init_ray()
+        self.monitor = Monitor(self.run_dir, cfg.name)
+        self._ensure_model()
+        self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
+        self._ensure_offline_data()
+        self.learner = LearnerGroup(cfg.model, cfg.learner)
+        self.state = DriverState()
+        if ckpt is not None:
+            self.learner.load(ckpt / "learner")
+            self.state = DriverState(**json.loads((ckpt / "driver.json").read_text()))
+            print(
+                f"resumed from {ckpt.name}: update {self.state.updates}, version {self.state.version}",
+                flush=True,
+            )
+        self.samplers = start_samplers(cfg)
+        self.runners = start_runners(cfg, self.samplers, self.replay)
+        self.uses_lora = cfg.sampler.backend != "scripted"
+        self.probe = self._make_probe()
+        self.failed_pushes = 0
+        self.pushed = not self.uses_lora
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def _ensure_model(self) -> None:
+        path = Path(self.cfg.model.path)
+        if path.exists():
+            return
+        if not self.cfg.model.build_tiny:
+            raise FileNotFoundError(f"model.path {path} does not exist (and model.build_tiny is false)")
+        from vlmq.tiny_model import build_tiny_model
+
+        build_tiny_model(path, arch="text" if self.cfg.model.text_only else "idefics3", seed=self.cfg.seed)
+        print(f"built the tiny {'text' if self.cfg.model.text_only else 'VLM'} model at {path}", flush=True)
+
+    def _ensure_offline_data(self) -> None:
+        from replay.datasets import collect
+
+        cfg = self.cfg
+        if self.replay.stats()["offline"] > 0:  # a restarted job: the shards reloaded their datasets
+            return
+        path = Path(cfg.data.path) if cfg.data.path else self.run_dir / "dataset"
+        if not (path / "meta.json").exists():
+            if cfg.data.path:
+                raise FileNotFoundError(f"data.path {path} is not a dataset folder (no meta.json)")
+            if path.exists():
+                shutil.rmtree(path)  # a collection that died half-way
+            t0 = time.time()
+            summary = collect(
+                cfg.env.id, cfg.data.policy, cfg.data.episodes, str(path), workers=2,
+                obs_mode=cfg.env.obs_mode, seed=cfg.data.seed,
+            )  # fmt: skip
+            print(
+                f"collected {cfg.data.episodes} {cfg.data.policy} episodes of {cfg.env.id} in "
+                f"{time.time() - t0:.0f}s: success {summary.get('success_rate', float('nan')):.3f}",
+                flush=True,
+            )
+        n = self.replay.load_offline(str(path))
+        print(f"offline partition: {n} turns from {path}", flush=True)
+
+    def _make_probe(self) -> dict:
+        """A fixed prompt and continuation that every pushed version is checked on."""
+        from envs import make_env
+        from learner.batch import text_to_gen_ids
+        from learner.processing import load_processor
+
+        e = self.cfg.env
+        env = make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, **e.kwargs)
+        obs, _ = env.reset(seed=self.cfg.eval.seed - 1)
+        messages, images = env.prompt(obs)
+        text = env.format_action(obs.legal_actions[0])
+        env.close()
+        processor = load_processor(self.cfg.model.path, self.cfg.model.text_only)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        return {"messages": messages, "images": list(images), "gen_ids": text_to_gen_ids(tokenizer, text)}
+
+    # ---- the pieces of a phase -------------------------------------------------------------------
+    def publish(self) -> bool:
+        """Export the learner's adapter as the next version, push it to every sampler, verified."""
+        from learner.export import pack
+
+        if not self.uses_lora:
+            return False
+        version = self.state.version + 1
+        t0 = time.perf_counter()
+        folder = self.learner.publish(self.run_dir / "adapters" / f"v{version}")
+        probe = dict(self.probe, logprobs=self.learner.reference_logprobs(**self.probe))
+        blob = ray.put(pack(folder))
+        oks = ray.get([s.load_adapter.remote(version, blob, probe) for s in self.samplers])
+        sync_s = time.perf_counter() - t0
+        if not all(oks):
+            self.failed_pushes += 1
+            self.monitor.count("sync_failures", oks.count(False))
+            print(
+                f"WARNING: version {version} refused by {oks.count(False)} sampler(s): probe mismatch",
+                flush=True,
+            )
+            if self.failed_pushes >= 3:
+                raise RuntimeError("3 LoRA pushes in a row were refused by the samplers' probe check")
+            return False
+        self.failed_pushes = 0
+        self.pushed = True
+        self.state.version = version
+        self.state.sync_s.append(sync_s)
+        self.state.version_updates[str(version)] = self.state.updates
+        self.monitor.observe("sync_latency_s", sync_s)
+        self.monitor.gauge("policy_version", version)
+        return True
+
+    def update(self, offline_fraction: float) -> dict[str, float]:
+        cfg = self.cfg.learner
+        turns = self.replay.sample(cfg.batch_size, offline_fraction)
+        m = self.learner.step(turns)
+        self.state.updates += 1
+        self.monitor.count("updates", 1)
+        for k in ("actor_loss", "critic_loss", "filter_acceptance"):
+            if k in m:
+                self.monitor.gauge(k, m[k])
+        self.monitor.log("updates", self.state.updates, m)
+        if self.state.updates % cfg.checkpoint_every == 0:
+            self.checkpoint()
+        return m
+
+    def checkpoint(self) -> Path:
+        """Learner state + driver state; the replay flushes so its files match the checkpoint."""
+        self.replay.flush()
+        name = f"step_{self.state.updates:07d}"
+        d = self.ckpt_root / name
+        self.learner.save(d / "learner")
+        (d / "driver.json").write_text(json.dumps(self.state.__dict__, indent=1))
+        tmp = self.ckpt_root / "latest.tmp"
+        tmp.write_text(name)
+        tmp.replace(self.ckpt_root / "latest")  # atomic: a crash never leaves a half-written pointer
+        return d
+
+    def evaluate(self, label: str) -> float:
+        """Greedy on held-out seeds (eval.seed ...), split over the runners."""
+        n, m = self.cfg.eval.episodes, len(self.runners)
+        shares = [n // m + (i < n % m) for i in range(m)]
+        seeds = [self.cfg.eval.seed + sum(shares[:i]) for i in range(m)]
+        res = ray.get([r.evaluate.remote(k, s) for r, k, s in zip(self.runners, shares, seeds) if k])
+        total = sum(r["episodes"] for r in res)
+        out = {
+            k: sum(r[k] * r["episodes"] for r in res) / total
+            for k in ("success_rate", "mean_return", "syntax_accuracy")
+        }
+        self.state.evals[label] = out["success_rate"]
+        self.monitor.gauge("eval_success", out["success_rate"], partition=label)
+        self.monitor.log(
+            "eval", self.state.env_steps,
+            {"success": out["success_rate"], "return": out["mean_return"], "syntax_accuracy": out["syntax_accuracy"]},
+        )  # fmt: skip
+        print(
+            f"[eval {label}] version {self.state.version}: success {out['success_rate']:.3f}, "
+            f"return {out['mean_return']:.3f}, syntax {out['syntax_accuracy']:.3f} ({total} episodes)",
+            flush=True,
+        )
+        return out["success_rate"]
+
+    def _offline_fraction(self, online_update: int) -> float:
+        r, steps = self.cfg.replay, max(1, self.cfg.learner.online_steps)
+        if r.offline_fraction_final < 0:
+            return r.offline_fraction
+        return r.offline_fraction + (r.offline_fraction_final - r.offline_fraction) * online_update / steps
+
+    # ---- the phases ------------------------------------------------------------------------------
+    def offline_phase(self) -> None:
+        cfg = self.cfg.learner
+        while self.state.updates < cfg.offline_steps:
+            m = self.update(1.0)
+            self.monitor.line(
+                f"[offline] update {self.state.updates}/{cfg.offline_steps} actor {m['actor_loss']:.3f} "
+                f"critic {m['critic_loss']:.4f} accept {m.get('filter_acceptance', 1.0):.2f}"
+            )
+
+    def online_phase(self) -> None:
+        cfg = self.cfg.learner
+        end = cfg.offline_steps + cfg.online_steps
+        if self.state.updates >= end:
+            return
+        if not self.pushed:
+            self.publish()  # a resumed job's samplers are new: push the current policy first
+        runs = [r.run.remote(None) for r in self.runners]
+        base_steps, t0, last = self.state.env_steps, time.time(), {}
+        try:
+            while self.state.updates < end:
+                stats = ray.get([r.stats.remote() for r in self.runners])
+                done = [ref for ref in runs if ray.wait([ref], timeout=0)[1] == []]
+                if done:
+                    ray.get(done)  # a runner that died raises here, with its error
+                turns = sum(s["turns"] for s in stats)
+                self.state.env_steps = base_steps + turns
+                allowed = cfg.max_updates_per_turn * turns
+                if self.state.updates - cfg.offline_steps >= allowed:
+                    time.sleep(0.05)
+                else:
+                    last = self.update(self._offline_fraction(self.state.updates - cfg.offline_steps))
+                    if (self.state.updates - cfg.offline_steps) % cfg.publish_every == 0:
+                        self.publish()
+                elapsed = time.time() - t0
+                self._report(stats, turns, elapsed, last)
+                every = self.cfg.eval.every
+                if every and self.state.updates % every == 0 and last:
+                    ray.get([r.stop.remote() for r in self.runners] + runs)
+                    self.evaluate(f"update_{self.state.updates}")
+                    runs = [r.run.remote(None) for r in self.runners]
+        finally:
+            for r in self.runners:
+                r.stop.remote()
+            final = ray.get(runs)
+            self.state.env_steps = base_steps + sum(s["turns"] for s in final)
+            self.state.online_s += time.time() - t0
+            self.replay.flush()
+
+    def _report(self, stats: list[dict], turns: int, elapsed: float, last: dict) -> None:
+        rate = turns / max(elapsed, 1e-6)
+        ok = [s for s in stats if s["episodes"]]
+        success = sum(s["success_rate"] * s["episodes"] for s in ok) / max(1, sum(s["episodes"] for s in ok))
+        self.monitor.gauge("env_steps_per_s", rate)
+        newest = max((s["policy_version"] or 0 for s in stats), default=0)
+        self.monitor.gauge(
+            "policy_staleness", self.state.updates - self.state.version_updates.get(str(newest), 0)
+        )
+        if self.state.updates % 10 == 0 and last:
+            r = self.replay.stats()
+            self.monitor.gauge("replay_size", r["offline"], partition="offline")
+            self.monitor.gauge("replay_size", r["online"], partition="online")
+            if r["sample_age_turns"] == r["sample_age_turns"]:
+                self.monitor.gauge("replay_sample_age", r["sample_age_turns"])
+            samp = ray.get([s.stats.remote() for s in self.samplers])
+            self.monitor.gauge("sampler_tokens_per_s", sum(s["tokens"] for s in samp) / max(elapsed, 1e-6))
+            syntax = [s["syntax_accuracy"] for s in ok]
+            self.monitor.log(
+                "collection", self.state.env_steps,
+                {"success": success, "return": sum(s["mean_return"] for s in ok) / max(1, len(ok)),
+                 "syntax_accuracy": sum(syntax) / max(1, len(syntax)), "env_steps_per_s": rate},
+            )  # fmt: skip
+        self.monitor.line(
+            f"[online] update {self.state.updates} env steps {self.state.env_steps} ({rate:.1f}/s) "
+            f"success {success:.2f} version {self.state.version}"
+        )
+
+    def summary(self, wall_s: float) -> dict:
+        s = self.state
+        online_steps = s.env_steps
+        results = {
+            "success_before": s.evals.get("before", float("nan")),
+            "success_offline": s.evals.get("offline", float("nan")),
+            "success_final": s.evals.get("final", float("nan")),
+            "env_steps": online_steps,
+            "env_steps_per_s": online_steps / s.online_s if s.online_s else 0.0,
+            "lora_versions": s.version,
+            "sync_s_median": statistics.median(s.sync_s) if s.sync_s else float("nan"),
+            "updates": s.updates,
+            "runner_nodes": len({st["node_id"] for st in ray.get([r.stats.remote() for r in self.runners])}),
+            "wall_s": wall_s,
+        }
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        return results
+
+    def shutdown(self) -> None:
+        self.learner.shutdown()
+        for a in self.runners + self.samplers:
+            ray.kill(a)
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict:
+    """Run (or continue) the job described by `cfg`; returns the results written to results.json."""
+    t0 = time.time()
+    d = Driver(cfg, resume)
+    try:
+        if not resume:
+            d.evaluate("before")
+        d.offline_phase()
+        if "offline" not in d.state.evals:
+            d.publish()
+            d.evaluate("offline")
+            d.checkpoint()
+        d.online_phase()
+        d.evaluate("final")
+        d.checkpoint()
+        results = d.summary(time.time() - t0)
+        d.monitor.finish()
+        print()
+        print(table([(k, v) for k, v in results.items()]))
+        print(f"\nresults: {d.run_dir / 'results.json'}; plots: {d.run_dir}/collection.png, learning.png; "
+              f"TensorBoard: tensorboard --logdir {d.run_dir / 'tensorboard'}", flush=True)  # fmt: skip
+        return results
+    finally:
+        d.shutdown()
