@@ -215,7 +215,9 @@ class Runner:
                             f"runner {self.index}: sampler call failed {attempt} times "
                             f"(sampler.retries={self.cfg.sampler.retries}, timeout_s={self.cfg.sampler.timeout_s}): {err!r}"
                         ) from err
-                    time.sleep(min(5.0, 0.2 * 2**attempt))  # give a restarting sampler time to come back
+                    time.sleep(
+                        min(self.cfg.sampler.timeout_s, 0.5 * 2**attempt)
+                    )  # give a restarting sampler time to come back
                     ref = self._call(reqs, version, attempt)
             if len(comps) != len(slots):
                 raise RuntimeError(f"sampler returned {len(comps)} completions for {len(slots)} requests")

@@ -234,7 +234,9 @@ def make_backend(cfg: SamplerConfig, model: ModelConfig, seed: int = 0) -> Any:
     raise ValueError(f"unknown sampler.backend {cfg.backend!r}; valid: vllm, hf, scripted")
 
 
-@ray.remote(max_concurrency=64, max_restarts=-1)
+# Restarted when it dies; calls in flight then are retried by Ray once it is back (generate has no
+# side effects), while the runner's own timeout bounds every wait.
+@ray.remote(max_concurrency=64, max_restarts=-1, max_task_retries=-1)
 class Sampler:
     """The Ray actor: a micro-batching queue in front of a `VersionedSampler`.
 
