@@ -47,6 +47,15 @@ def _flat(table: pa.Table, *cols: str) -> list[str]:
     return [h for c in cols for h in pc.list_flatten(table.column(c)).to_pylist()]
 
 
+def _take(tables: list[pa.Table], idx: np.ndarray) -> pa.Table:
+    """Rows `idx` of the tables taken end to end, in O(len(idx) + len(tables)); Arrow's own take on
+    a many-chunk table would first concatenate everything."""
+    starts = np.cumsum([0] + [t.num_rows for t in tables])
+    which = np.searchsorted(starts, idx, side="right") - 1
+    parts = [tables[c].take(idx[which == c] - starts[c]) for c in np.unique(which)]
+    return pa.concat_tables(parts)
+
+
 def _keys(table: pa.Table) -> list[tuple[str, int]]:
     return list(zip(table.column("episode_id").to_pylist(), table.column("turn_index").to_pylist()))
 
@@ -152,6 +161,9 @@ class Shard:
         write_segment(self.fs, path, table.replace_schema_metadata({_MIN_SEQ: str(min_seq).encode()}))
         self._online[-k:] = [table]
         self._unflushed_chunks = 0
+        while len(self._online) >= 2 and self._online[-2].num_rows <= self._online[-1].num_rows:
+            # merge like a binary counter: O(log capacity) chunks keep sampling cheap
+            self._online[-2:] = [pa.concat_tables(self._online[-2:]).combine_chunks()]
         self._segments.append((path, last))
         self._counts["flushes"] += 1
         self._counts["flushed"] += table.num_rows
@@ -258,7 +270,7 @@ class Shard:
         store = ImageStore(fs, f"{path}/images")
         for h in _flat(table, "image_hashes", "next_image_hashes"):
             self._offline_images[h] = store
-        self._offline.append(table)
+        self._offline.append(table.combine_chunks())
         self._offline_rows += table.num_rows
         self._datasets.append(dataset_dir)
         return table.num_rows
@@ -308,11 +320,9 @@ class Shard:
             rng = self._rng if seed is None else np.random.default_rng(seed)
             parts = []
             if n_offline:
-                parts.append(
-                    pa.concat_tables(self._offline).take(rng.integers(0, self._offline_rows, n_offline))
-                )
+                parts.append(_take(self._offline, rng.integers(0, self._offline_rows, n_offline)))
             if n_online:
-                online = pa.concat_tables(self._online).take(rng.integers(0, self._online_rows, n_online))
+                online = _take(self._online, rng.integers(0, self._online_rows, n_online))
                 self._age_turns = float(self._next_seq - np.mean(online.column("seq").to_numpy()))
                 self._age_s = float(time.time() - np.mean(online.column("wall_time").to_numpy()))
                 parts.append(online)

@@ -129,9 +129,19 @@ def turns_to_table(turns: list[Turn]) -> tuple[pa.Table, dict[str, np.ndarray]]:
     Raises TurnError naming the first bad turn and field; nothing is converted partially, so a
     caller that stores only after this returns loses nothing on bad input.
     """
-    cols: dict[str, list] = {name: [] for name in SCHEMA.names}
     images: dict[str, np.ndarray] = {}
     seen: set[tuple[str, int]] = set()
+    hashes, next_hashes, msg_json, next_json, gen_ids, prompt_ids, logprobs = ([] for _ in range(7))
+    as_json: dict[int, str] = {}  # a runner's next_messages is usually the next turn's messages object
+
+    def dumps(where: str, messages: list) -> str:
+        if id(messages) not in as_json:
+            try:
+                as_json[id(messages)] = json.dumps(messages)
+            except TypeError as err:
+                raise TurnError(f"{where}: messages are not JSON-serialisable: {err}") from None
+        return as_json[id(messages)]
+
     for i, t in enumerate(turns):
         if not isinstance(t, Turn):
             raise TurnError(f"turns[{i}] is a {type(t).__name__}, not a replay.turn.Turn")
@@ -146,8 +156,9 @@ def turns_to_table(turns: list[Turn]) -> tuple[pa.Table, dict[str, np.ndarray]]:
         seen.add(key)
         if not isinstance(t.messages, list) or not t.messages:
             raise TurnError(f"{where}: messages must be a non-empty list of chat messages")
-        hashes = _check_images(where, "images", t.images, t.image_hashes, t.messages)
-        images.update(zip(hashes, t.images))
+        hashes.append(_check_images(where, "images", t.images, t.image_hashes, t.messages))
+        images.update(zip(hashes[-1], t.images))
+        msg_json.append(dumps(where, t.messages))
         if t.next_messages is None:
             if not t.terminated:
                 raise TurnError(
@@ -155,55 +166,52 @@ def turns_to_table(turns: list[Turn]) -> tuple[pa.Table, dict[str, np.ndarray]]:
                 )
             if t.next_images or t.next_image_hashes:
                 raise TurnError(f"{where}: next_images given without next_messages")
-            next_hashes: list[str] = []
+            next_hashes.append([])
+            next_json.append(None)
         else:
             if not isinstance(t.next_messages, list):
                 raise TurnError(f"{where}: next_messages must be a list of chat messages or None")
-            next_hashes = _check_images(
-                where, "next_images", t.next_images, t.next_image_hashes, t.next_messages
+            next_hashes.append(
+                _check_images(where, "next_images", t.next_images, t.next_image_hashes, t.next_messages)
             )
-            images.update(zip(next_hashes, t.next_images))
+            images.update(zip(next_hashes[-1], t.next_images))
+            next_json.append(dumps(where, t.next_messages))
         gen = _int_list(where, "gen_ids", t.gen_ids, optional=True)
-        lp = t.logprobs
-        if isinstance(lp, np.ndarray):
-            lp = lp.tolist()
-        if lp is not None:
-            if gen is None or len(lp) != len(gen):
-                raise TurnError(
-                    f"{where}: logprobs has {len(lp)} entries but gen_ids has {0 if gen is None else len(gen)}"
-                )
-        reward = t.reward
-        if not isinstance(reward, (int, float, np.floating, np.integer)) or not np.isfinite(reward):
-            raise TurnError(f"{where}: reward must be a finite number, got {reward!r}")
+        lp = t.logprobs.tolist() if isinstance(t.logprobs, np.ndarray) else t.logprobs
+        if lp is not None and (gen is None or len(lp) != len(gen)):
+            n_gen = 0 if gen is None else len(gen)
+            raise TurnError(f"{where}: logprobs has {len(lp)} entries but gen_ids has {n_gen}")
+        gen_ids.append(gen)
+        logprobs.append(lp)
+        prompt_ids.append(_int_list(where, "prompt_ids", t.prompt_ids, optional=True))
+        if not isinstance(t.reward, (int, float, np.floating, np.integer)) or not np.isfinite(t.reward):
+            raise TurnError(f"{where}: reward must be a finite number, got {t.reward!r}")
         for name in ("syntax_ok", "terminated", "truncated", "success"):
             if not isinstance(getattr(t, name), (bool, np.bool_)):
                 raise TurnError(f"{where}: {name} must be a bool, got {getattr(t, name)!r}")
-        try:
-            msg_json = json.dumps(t.messages)
-            next_json = None if t.next_messages is None else json.dumps(t.next_messages)
-        except TypeError as err:
-            raise TurnError(f"{where}: messages are not JSON-serialisable: {err}") from None
-        cols["episode_id"].append(t.episode_id)
-        cols["turn_index"].append(int(t.turn_index))
-        cols["env_id"].append(str(t.env_id))
-        cols["seed"].append(int(t.seed))
-        cols["messages"].append(msg_json)
-        cols["image_hashes"].append(hashes)
-        cols["prompt_ids"].append(_int_list(where, "prompt_ids", t.prompt_ids, optional=True))
-        cols["gen_ids"].append(gen)
-        cols["action_text"].append(str(t.action_text))
-        cols["action"].append(t.action)
-        cols["reward"].append(float(reward))
-        cols["syntax_ok"].append(bool(t.syntax_ok))
-        cols["terminated"].append(bool(t.terminated))
-        cols["truncated"].append(bool(t.truncated))
-        cols["success"].append(bool(t.success))
-        cols["policy_version"].append(int(t.policy_version))
-        cols["logprobs"].append(lp)
-        cols["wall_time"].append(float(t.wall_time))
-        cols["next_messages"].append(next_json)
-        cols["next_image_hashes"].append(next_hashes)
-        cols["seq"].append(-1)
+    cols = {
+        "episode_id": [t.episode_id for t in turns],
+        "turn_index": [t.turn_index for t in turns],
+        "env_id": [t.env_id for t in turns],
+        "seed": [t.seed for t in turns],
+        "messages": msg_json,
+        "image_hashes": hashes,
+        "prompt_ids": prompt_ids,
+        "gen_ids": gen_ids,
+        "action_text": [t.action_text for t in turns],
+        "action": [t.action for t in turns],
+        "reward": [t.reward for t in turns],
+        "syntax_ok": [t.syntax_ok for t in turns],
+        "terminated": [t.terminated for t in turns],
+        "truncated": [t.truncated for t in turns],
+        "success": [t.success for t in turns],
+        "policy_version": [t.policy_version for t in turns],
+        "logprobs": logprobs,
+        "wall_time": [t.wall_time for t in turns],
+        "next_messages": next_json,
+        "next_image_hashes": next_hashes,
+        "seq": [-1] * len(turns),
+    }
     return pa.Table.from_arrays(_to_arrays(cols), schema=SCHEMA), images
 
 

@@ -1,0 +1,156 @@
+"""Replay throughput and storage cost -> benchmarks/results/replay.json.
+
+- add_turns_per_s: image-less turns (200 prompt ids, 24 generated ids and log-probs, a ~600-char
+  prompt) added by 2 concurrent writer tasks through ReplayClient.add in batches of 1,000, with the
+  default flush bound (flush_turns=256), until each has sent `--turns` / 2.
+- sample_turns_per_s: the driver draws batches of 256 through ReplayClient.sample (half offline,
+  half online), turns fully materialised.
+- bytes_per_turn: a numberline dataset (obs_mode both, random policy) on disk; `dedup` is segments
+  plus the content-addressed image store, `no_dedup` is segments plus one PNG per image reference
+  (prompt and next-prompt image of every turn), i.e. what storing images with turns would cost.
+
+Run: .venv/bin/python benchmarks/replay.py [--turns 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file is named like the package it measures: keep its folder off the import path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+
+from replay.client import start_replay  # noqa: E402
+from replay.datasets import DatasetWriter, collect, info  # noqa: E402
+from replay.store import open_root, read_folder  # noqa: E402
+from replay.turn import Turn  # noqa: E402
+from vlmq.config import ReplayConfig  # noqa: E402
+
+TEXT = "You are playing NumberLine. Move the current number to the target. " * 9
+
+
+def batch(prefix: str, n: int) -> list[Turn]:
+    """n image-less turns in episodes of 8."""
+    out = []
+    for i in range(n):
+        t, last = i % 8, i % 8 == 7
+        out.append(
+            Turn(
+                episode_id=f"{prefix}-{i // 8}",
+                turn_index=t,
+                env_id="numberline",
+                seed=i // 8,
+                messages=[{"role": "user", "content": [{"type": "text", "text": f"{TEXT} state {t}"}]}],
+                prompt_ids=list(range(200)),
+                gen_ids=list(range(24)),
+                action_text='{"thoughts": "closer", "action": "+"}',
+                action="+",
+                reward=1.0 if last else 0.0,
+                terminated=last,
+                policy_version=1,
+                logprobs=[-0.5] * 24,
+                wall_time=time.time(),
+                next_messages=None
+                if last
+                else [{"role": "user", "content": [{"type": "text", "text": "next"}]}],
+            )
+        )
+    return out
+
+
+@ray.remote(num_cpus=0)
+def writer(client, prefix: str, batches: int, size: int) -> float:
+    data = [batch(f"{prefix}-{b}", size) for b in range(batches)]
+    t0 = time.perf_counter()
+    for turns in data:
+        client.add(turns)
+    return time.perf_counter() - t0
+
+
+def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
+    client = start_replay(ReplayConfig(num_shards=shards, online_capacity=200_000), f"{root}/s{shards}")
+    client.load_offline(offline_dir)
+    size, writers = 1000, 2
+    client.add(batch("warm", size))
+    per_writer = max(1, turns // (writers * size))
+    t0 = time.perf_counter()
+    ray.get([writer.remote(client, f"w{w}", per_writer, size) for w in range(writers)])
+    add = writers * per_writer * size / (time.perf_counter() - t0)
+    client.sample(256, 0.5)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 5.0:
+        n += len(client.sample(256, 0.5))
+    sample = n / (time.perf_counter() - t0)
+    for s in client.shards:
+        ray.kill(s)
+    return {"add_turns_per_s": round(add), "sample_turns_per_s": round(sample)}
+
+
+def bytes_per_turn(root: str, episodes: int) -> dict:
+    out = f"{root}/numberline"
+    stats = collect("numberline", "random", episodes, out, workers=2, obs_mode="both", seed=0)
+    table, _ = read_folder(out)
+    fs, path = open_root(out)
+    size = {p.rsplit("/", 1)[-1][:-4]: fs.size(p) for p in fs.find(f"{path}/images")}
+    refs = [
+        h for col in ("image_hashes", "next_image_hashes") for hs in table.column(col).to_pylist() for h in hs
+    ]
+    n = stats["turns"]
+    return {
+        "dedup": round((stats["segment_bytes"] + stats["image_bytes"]) / n),
+        "no_dedup": round((stats["segment_bytes"] + sum(size[h] for h in refs)) / n),
+        "turns": n,
+        "distinct_images": stats["images"],
+        "image_references": len(refs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--turns", type=int, default=100_000, help="turns added per shard count")
+    ap.add_argument("--episodes", type=int, default=500, help="numberline episodes for bytes_per_turn")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "replay.json"))
+    args = ap.parse_args()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as root:
+        offline = f"{root}/offline"
+        writer_ = DatasetWriter(offline)
+        writer_.write_turns(batch("offline", 4000))
+        writer_.close()
+        result = {
+            "shards": {str(s): throughput(s, args.turns, root, offline) for s in (1, 2, 4)},
+            "bytes_per_turn": bytes_per_turn(root, args.episodes),
+        }
+        result["offline_dataset_turns"] = info(offline)["turns"]
+    result["setup"] = {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "turns_added": args.turns,
+        "writers": 2,
+        "add_batch": 1000,
+        "sample_batch": 256,
+        "sample_offline_fraction": 0.5,
+        "flush_turns": ReplayConfig().flush_turns,
+        "storage": "local disk (file://)",
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
