@@ -224,6 +224,8 @@ class MiniWoBEnv(VLMEnv):
         if not targets and (m := re.match(r"select (.+?)(?: and (?:click|press) submit)?\.?$", goal, re.I)):
             targets = [t for t in re.split(r",\s*|\s+and\s+|>", m.group(1)) if t]
         targets = targets or re.findall(r"button (\w+)", goal)
+        if not targets and (m := re.match(r"click on (.+?)\.?$", goal, re.I)):  # "Click on Tab #2."
+            targets = [m.group(1)]
         if m := re.search(r"(\d)(?:st|nd|rd|th) input textbox", goal):
             boxes = [bid for bid, role, _ in elements if role == "textbox"]
             k = int(m.group(1)) - 1

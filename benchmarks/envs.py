@@ -1,0 +1,91 @@
+"""Env throughput: steps/s per env with and without rendering (random legal actions, parsing included),
+and MiniWoB reset/step latency. Writes benchmarks/results/envs.json.
+
+    .venv/bin/python benchmarks/envs.py [--seconds 3] [--miniwob-steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import envs
+from envs.policies import make_policy
+
+ENV_IDS = ["numberline", "ezpoints", "points24", "blackjack", "babyai:GoToLocal", "babyai:GoToSeq"]
+
+
+def steps_per_s(env_id: str, obs_mode: str, seconds: float) -> float:
+    """Env steps per second of wall time (resets included) under a random policy."""
+    env = envs.make_env(env_id, obs_mode=obs_mode)
+    policy, rng = make_policy("random"), np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    steps, ep, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        obs, _, term, trunc, _ = env.step(policy.act(obs.legal_actions, None, rng, env.format_action))
+        steps += 1
+        if term or trunc:
+            ep += 1
+            obs, _ = env.reset(seed=ep)
+    return steps / (time.perf_counter() - start)
+
+
+def miniwob_latency(task: str, steps: int) -> dict:
+    """Mean seconds per reset and per step (a click on a random element) on click-style task."""
+    env = envs.make_env(f"miniwob:{task}", obs_mode="both")
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)  # the first reset starts Playwright: not counted
+    resets, step_times, n, ep = [], [], 0, 1
+    done = True
+    while n < steps:
+        if done:
+            t = time.perf_counter()
+            obs, _ = env.reset(seed=ep)
+            resets.append(time.perf_counter() - t)
+            ep += 1
+        action = obs.legal_actions[int(rng.integers(len(obs.legal_actions)))]
+        t = time.perf_counter()
+        obs, _, term, trunc, _ = env.step(env.format_action(action))
+        step_times.append(time.perf_counter() - t)
+        done, n = term or trunc, n + 1
+    env.close()
+    return {"reset_s": float(np.mean(resets)), "step_s": float(np.mean(step_times)), "resets": len(resets)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds of stepping per env and mode")
+    ap.add_argument("--miniwob-steps", type=int, default=20)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "envs.json"))
+    args = ap.parse_args()
+    results: dict = {}
+    for env_id in ENV_IDS:
+        results[env_id] = {
+            "steps_per_s": round(steps_per_s(env_id, "text", args.seconds), 1),
+            "steps_per_s_render": round(steps_per_s(env_id, "both", args.seconds), 1),
+        }
+        print(env_id, results[env_id], flush=True)
+    for task in ("click-test", "click-checkboxes"):
+        env_id = f"miniwob:{task}"
+        results[env_id] = {k: round(v, 3) for k, v in miniwob_latency(task, args.miniwob_steps).items()}
+        results[env_id]["steps_per_s_render"] = round(1.0 / results[env_id]["step_s"], 2)
+        print(env_id, results[env_id], flush=True)
+    results["_meta"] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "note": "random legal actions; 'render' = obs_mode both (the image is drawn every step); "
+        "MiniWoB always renders (the screenshot is part of every browsergym observation)",
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
