@@ -1,8 +1,11 @@
 """Replay throughput and storage cost -> benchmarks/results/replay.json.
 
-- add_turns_per_s: image-less turns (200 prompt ids, 24 generated ids and log-probs, a ~600-char
-  prompt) added by 2 concurrent writer tasks through ReplayClient.add in batches of 1,000, with the
-  default flush bound (flush_turns=256), until each has sent `--turns` / 2.
+- add_turns_per_s: what the shards absorb. Image-less turns (200 prompt ids, 24 generated ids and
+  log-probs, a ~600-char prompt) in batches of 1,000, already converted to Arrow (EnvRunners do
+  that in parallel), sent by 2 concurrent writer tasks to the shards of their episodes; default
+  flush bound (flush_turns=256), so every batch is also written to disk.
+- client_add_turns_per_s: the same through ReplayClient.add, i.e. including validation and
+  conversion in the 2 writer processes.
 - sample_turns_per_s: the driver draws batches of 256 through ReplayClient.sample (half offline,
   half online), turns fully materialised.
 - bytes_per_turn: a numberline dataset (obs_mode both, random policy) on disk; `dedup` is segments
@@ -35,8 +38,9 @@ import ray  # noqa: E402
 
 from replay.client import start_replay  # noqa: E402
 from replay.datasets import DatasetWriter, collect, info  # noqa: E402
+from replay.shard import shard_of  # noqa: E402
 from replay.store import open_root, read_folder  # noqa: E402
-from replay.turn import Turn  # noqa: E402
+from replay.turn import Turn, turns_to_table  # noqa: E402
 from vlmq.config import ReplayConfig  # noqa: E402
 
 TEXT = "You are playing NumberLine. Move the current number to the target. " * 9
@@ -72,12 +76,32 @@ def batch(prefix: str, n: int) -> list[Turn]:
 
 
 @ray.remote(num_cpus=0)
-def writer(client, prefix: str, batches: int, size: int) -> float:
+def writer(client, prefix: str, batches: int, size: int, preconverted: bool) -> float:
+    """Adds `batches` batches; with `preconverted`, Turn -> Arrow conversion happens before the
+    clock starts (as it does in parallel on many EnvRunners), so only the shards are measured."""
     data = [batch(f"{prefix}-{b}", size) for b in range(batches)]
+    if preconverted:
+        data = [
+            [
+                (client.shards[i], turns_to_table(g))
+                for i, g in group_by_shard(turns, len(client.shards)).items()
+            ]
+            for turns in data
+        ]
     t0 = time.perf_counter()
-    for turns in data:
-        client.add(turns)
+    for item in data:
+        if preconverted:
+            ray.get([shard.add.remote(table, images) for shard, (table, images) in item])
+        else:
+            client.add(item)
     return time.perf_counter() - t0
+
+
+def group_by_shard(turns: list[Turn], n: int) -> dict[int, list[Turn]]:
+    groups: dict[int, list[Turn]] = {}
+    for t in turns:
+        groups.setdefault(shard_of(t.episode_id, n), []).append(t)
+    return groups
 
 
 def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
@@ -86,17 +110,19 @@ def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
     size, writers = 1000, 2
     client.add(batch("warm", size))
     per_writer = max(1, turns // (writers * size))
-    t0 = time.perf_counter()
-    ray.get([writer.remote(client, f"w{w}", per_writer, size) for w in range(writers)])
-    add = writers * per_writer * size / (time.perf_counter() - t0)
+    rates = {}
+    for key, pre in (("add_turns_per_s", True), ("client_add_turns_per_s", False)):
+        t0 = time.perf_counter()
+        ray.get([writer.remote(client, f"{key}{w}", per_writer, size, pre) for w in range(writers)])
+        rates[key] = round(writers * per_writer * size / (time.perf_counter() - t0))
     client.sample(256, 0.5)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < 5.0:
         n += len(client.sample(256, 0.5))
-    sample = n / (time.perf_counter() - t0)
+    rates["sample_turns_per_s"] = round(n / (time.perf_counter() - t0))
     for s in client.shards:
         ray.kill(s)
-    return {"add_turns_per_s": round(add), "sample_turns_per_s": round(sample)}
+    return rates
 
 
 def bytes_per_turn(root: str, episodes: int) -> dict:

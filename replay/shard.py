@@ -35,6 +35,7 @@ from replay.store import (
 from replay.turn import SCHEMA, Turn, TurnError, check_table, rows_to_turns, turns_to_table
 from vlmq.config import ReplayConfig
 
+_MERGE_ROWS = 4096  # in-memory online chunks grow to about this many rows
 _MIN_SEQ = b"vlmq.min_seq"  # segment metadata: the oldest seq the shard held when it was written
 
 
@@ -161,8 +162,11 @@ class Shard:
         write_segment(self.fs, path, table.replace_schema_metadata({_MIN_SEQ: str(min_seq).encode()}))
         self._online[-k:] = [table]
         self._unflushed_chunks = 0
-        while len(self._online) >= 2 and self._online[-2].num_rows <= self._online[-1].num_rows:
-            # merge like a binary counter: O(log capacity) chunks keep sampling cheap
+        while (
+            len(self._online) >= 2
+            and self._online[-2].num_rows <= self._online[-1].num_rows <= _MERGE_ROWS // 2
+        ):
+            # merge small chunks like a binary counter (few copies per row): fewer chunks, cheaper takes
             self._online[-2:] = [pa.concat_tables(self._online[-2:]).combine_chunks()]
         self._segments.append((path, last))
         self._counts["flushes"] += 1

@@ -79,11 +79,14 @@ class ImageStore:
 
 def write_segment(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:
     """Write atomically where the filesystem allows (temp file, then rename); returns bytes."""
+    sink = pa.BufferOutputStream()  # encode in C++, then one write (a Python file gets many small ones)
+    pq.write_table(table, sink, compression="zstd", write_statistics=False)
+    data = sink.getvalue()
     tmp = path + ".tmp"
     with fs.open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+        f.write(data)
     fs.mv(tmp, path)
-    return fs.size(path)
+    return data.size
 
 
 def list_segments(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
