@@ -1,7 +1,8 @@
 """Env throughput: steps/s per env with and without rendering (random legal actions, parsing included),
-and MiniWoB reset/step latency. Writes benchmarks/results/envs.json.
+and MiniWoB reset/step latency, and the MiniWoB oracle's success per task. Writes
+benchmarks/results/envs.json.
 
-    .venv/bin/python benchmarks/envs.py [--seconds 3] [--miniwob-steps 20]
+    .venv/bin/python benchmarks/envs.py [--seconds 3] [--miniwob-steps 20] [--oracle-episodes 4]
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# this file is named like the `envs` package: import the package, not this script
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import envs
-from envs.policies import make_policy
+import numpy as np  # noqa: E402
+
+import envs  # noqa: E402
+from envs.policies import make_policy  # noqa: E402
 
 ENV_IDS = ["numberline", "ezpoints", "points24", "blackjack", "babyai:GoToLocal", "babyai:GoToSeq"]
 
@@ -58,10 +64,35 @@ def miniwob_latency(task: str, steps: int) -> dict:
     return {"reset_s": float(np.mean(resets)), "step_s": float(np.mean(step_times)), "resets": len(resets)}
 
 
+def miniwob_oracle(episodes: int) -> dict:
+    """Success rate of the MiniWoB oracle (`expert_action`) per task; None-advice turns are no-ops."""
+    from envs.miniwob import MINIWOB_TASKS
+
+    rates = {}
+    for task in MINIWOB_TASKS:
+        env = envs.make_env(f"miniwob:{task}", obs_mode="text")
+        wins = 0
+        for ep in range(episodes):
+            env.reset(seed=ep)
+            done = False
+            while not done:
+                a = env.expert_action()
+                _, _, term, trunc, info = env.step(env.format_action(a) if a else "no idea")
+                done = term or trunc
+            wins += info["goal_reached"]
+        env.close()
+        rates[task] = round(wins / episodes, 2)
+        print(task, rates[task], flush=True)
+    return rates
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds of stepping per env and mode")
     ap.add_argument("--miniwob-steps", type=int, default=20)
+    ap.add_argument(
+        "--oracle-episodes", type=int, default=4, help="MiniWoB oracle episodes per task (0: skip)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "envs.json"))
     args = ap.parse_args()
     results: dict = {}
@@ -76,6 +107,8 @@ def main():
         results[env_id] = {k: round(v, 3) for k, v in miniwob_latency(task, args.miniwob_steps).items()}
         results[env_id]["steps_per_s_render"] = round(1.0 / results[env_id]["step_s"], 2)
         print(env_id, results[env_id], flush=True)
+    if args.oracle_episodes:
+        results["miniwob_oracle_success"] = miniwob_oracle(args.oracle_episodes)
     results["_meta"] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load_avg_1m": round(os.getloadavg()[0], 2),

@@ -33,19 +33,46 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size)
 
 
-def draw_card(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rank: str | None, suit: int) -> None:
-    """A playing card in `box`: rank in the corner and a big suit in the middle; rank None is face down."""
-    x0, y0, x1, y1 = box
+@lru_cache(maxsize=512)
+def card_image(rank: str | None, suit: int, w: int, h: int, background: tuple[int, int, int]) -> Image.Image:
+    """A w x h playing card on `background`: rank in the corner, a big suit in the middle; rank None is
+    face down. Cached: drawing rounded rectangles and glyphs dominates the cost of a frame."""
+    img = Image.new("RGB", (w, h), background)
+    draw = ImageDraw.Draw(img)
+    box = (0, 0, w - 1, h - 1)
     if rank is None:
         draw.rounded_rectangle(box, radius=6, fill=(40, 60, 150), outline="white", width=3)
-        return
+        return img
     draw.rounded_rectangle(box, radius=6, fill="white", outline="black", width=2)
     color = (200, 0, 0) if suit in (1, 2) else (0, 0, 0)
-    w = x1 - x0
-    draw.text((x0 + 4, y0 + 2), rank, fill=color, font=font(max(12, w // 4)))
-    draw.text(
-        ((x0 + x1) / 2, (y0 + y1) / 2 + 4), SUITS[suit], fill=color, font=font(max(12, w // 2)), anchor="mm"
-    )
+    draw.text((4, 2), rank, fill=color, font=font(max(12, w // 4)))
+    draw.text((w / 2, h / 2 + 4), SUITS[suit], fill=color, font=font(max(12, w // 2)), anchor="mm")
+    return img
+
+
+@lru_cache(maxsize=512)
+def card_array(rank: str | None, suit: int, w: int, h: int) -> np.ndarray:
+    """Frames are composed in numpy: converting a whole PIL frame to an array costs more than drawing."""
+    return np.asarray(card_image(rank, suit, w, h, GREEN))
+
+
+STRIP_Y = 250  # the formula line of EZPoints / Points24
+
+
+@lru_cache(maxsize=4096)
+def text_strip(text: str) -> np.ndarray:
+    img = Image.new("RGB", (SIZE, SIZE - STRIP_Y), GREEN)
+    ImageDraw.Draw(img).text((10, SIZE * 0.86 - STRIP_Y), text, fill="white", font=font(20))
+    return np.asarray(img)
+
+
+@lru_cache(maxsize=1)
+def _blackjack_table() -> np.ndarray:
+    img = Image.new("RGB", (SIZE, SIZE), GREEN)
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), "Dealer", fill="white", font=font(16))
+    draw.text((10, 150), "Player", fill="white", font=font(16))
+    return np.asarray(img)
 
 
 def card_rank(value: int, rng: np.random.Generator) -> str:
@@ -84,17 +111,25 @@ class NumberLine(VLMEnv):
         return f"Target: {self.goal}. Current: {self.pos}." if words else ""
 
     def render_image(self):
-        img = Image.new("RGB", (SIZE, SIZE), "white")
-        draw = ImageDraw.Draw(img)
-        draw.text((30, 60), f"Target: {self.goal}", fill="black", font=font(36))
-        draw.text((30, 180), f"Current: {self.pos}", fill="black", font=font(36))
-        return np.asarray(img)
+        return _numberline_image(self.goal, self.pos)
 
     def expert_action(self):
         return "+" if self.goal > self.pos else "-"
 
     def goal_reached(self):
         return self.pos == self.goal
+
+
+@lru_cache(maxsize=64)
+def _numberline_image(goal: int, pos: int) -> np.ndarray:
+    """36 possible images: drawn once each (read-only arrays, like every rendered frame here)."""
+    img = Image.new("RGB", (SIZE, SIZE), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((30, 60), f"Target: {goal}", fill="black", font=font(36))
+    draw.text((30, 180), f"Current: {pos}", fill="black", font=font(36))
+    arr = np.asarray(img)
+    arr.flags.writeable = False
+    return arr
 
 
 # ---- formulas (EZPoints, Points24) -------------------------------------------------------------
@@ -234,9 +269,9 @@ class _Points(VLMEnv):
         self.faces = [RANKS.get(r, str(r)) for r in ranks]
         self.suits = [int(self.np_random.integers(4)) for _ in ranks]
         self.formula: list[str] = []
-        self.wasted = (
-            0  # rejected numbers: not shown, but they count toward the formula cap (as in gym-cards)
-        )
+        self._table = None  # the drawn cards, made on the first render
+        # rejected numbers: not shown, but they count toward the formula cap (as in gym-cards)
+        self.wasted = 0
         self._solved = False
 
     def legal_actions(self):
@@ -263,16 +298,17 @@ class _Points(VLMEnv):
         return f"Cards: {', '.join(map(str, self.cards))}. Formula: {' '.join(self.formula) or '(empty)'}."
 
     def render_image(self):
-        img = Image.new("RGB", (SIZE, SIZE), GREEN)
-        draw = ImageDraw.Draw(img)
-        w = int(SIZE / self.num_cards * 0.9)
-        h = int(w * 7 / 5)
-        y = (SIZE - h) // 2 - (10 if self.num_cards == 2 else 30)
-        for i, (face, suit) in enumerate(zip(self.faces, self.suits)):
-            x = 5 + int(i * w * 1.1)
-            draw_card(draw, (x, y, x + w - 1, y + h - 1), face, suit)
-        draw.text((10, SIZE * 0.86), "Formula: " + " ".join(self.formula), fill="white", font=font(20))
-        return np.asarray(img)
+        if self._table is None:  # the cards do not change within an episode: draw them once
+            self._table = np.full((SIZE, SIZE, 3), GREEN, dtype=np.uint8)
+            w = int(SIZE / self.num_cards * 0.9)
+            h = int(w * 7 / 5)
+            y = (SIZE - h) // 2 - (10 if self.num_cards == 2 else 30)
+            for i, (face, suit) in enumerate(zip(self.faces, self.suits)):
+                x = 5 + int(i * w * 1.1)
+                self._table[y : y + h, x : x + w] = card_array(face, suit, w, h)
+        frame = self._table.copy()
+        frame[STRIP_Y:] = text_strip("Formula: " + " ".join(self.formula))
+        return frame
 
     def expert_action(self):
         ops = "".join(o for o in self.operators if o in _PREC)
@@ -386,17 +422,14 @@ class Blackjack(VLMEnv):
         return f"Dealer shows: {up}. Your cards: {', '.join(r for _, r, _ in self.player)} (total {p}{', soft' if soft else ''})."
 
     def render_image(self):
-        img = Image.new("RGB", (SIZE, SIZE), GREEN)
-        draw = ImageDraw.Draw(img)
-        draw.text((10, 8), "Dealer", fill="white", font=font(16))
-        draw.text((10, 150), "Player", fill="white", font=font(16))
+        frame = _blackjack_table().copy()
         dealer = self.dealer if self.over else self.dealer[:1] + [(0, None, 0)]
         for row, hand in ((30, dealer), (172, self.player)):
             step = min(60, (SIZE - 70) // max(1, len(hand) - 1)) if len(hand) > 1 else 60
             for i, (_, rank, suit) in enumerate(hand):
                 x = 10 + i * step
-                draw_card(draw, (x, row, x + 55, row + 110), rank, suit)
-        return np.asarray(img)
+                frame[row : row + 111, x : x + 56] = card_array(rank, suit, 56, 111)
+        return frame
 
     def expert_action(self):
         """Basic strategy for hit/stand only (no doubling or splitting), by the dealer's up-card."""
