@@ -53,7 +53,6 @@ class VLLMBackend:
 
         self.processor = load_processor(model_path, text_only=text_only)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.max_model_len = max_model_len
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -64,7 +63,7 @@ class VLLMBackend:
             enable_lora=True,
             max_loras=max_loras,
             max_lora_rank=max_lora_rank,
-            limit_mm_per_prompt={} if text_only else {"image": max_images},
+            **({} if text_only else {"limit_mm_per_prompt": {"image": max_images}}),
         )
         self._lora_ids = itertools.count(1)  # vLLM LoRA ids start at 1; never reused
         self._loras: dict[int, object] = {}  # policy version -> LoRARequest
