@@ -10,10 +10,13 @@ the page (browsergym executes action strings as Python). A dead browser raises `
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import re
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -98,18 +101,61 @@ def chromium_path() -> str:
     raise RuntimeError("MiniWoB needs a system Chromium: apt-get install -y chromium (or set VLMQ_CHROMIUM)")
 
 
+class _KeptBrowser:
+    """A launched Chromium that outlives browsergym's `close()`: browsergym closes and relaunches both
+    browsers on every reset (about 1 s each); we keep them and let it open fresh contexts instead."""
+
+    def __init__(self, browser):
+        self._browser = browser
+
+    def close(self):  # contexts are still closed by browsergym, so pages never leak between episodes
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._browser, name)
+
+
+def _fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
+    """`inspect.stack()` without reading source files: the frames are all Playwright uses."""
+    frames, f = [], sys._getframe(1)
+    while f is not None:
+        frames.append(inspect.FrameInfo(f, f.f_code.co_filename, f.f_lineno, f.f_code.co_name, None, None))
+        f = f.f_back
+    return frames
+
+
+def _speed_up_playwright() -> None:
+    """Playwright's sync API calls `inspect.stack()` on every call (for error messages); it reads
+    source files and made a MiniWoB step take 1 s instead of 0.4 s here. Its modules get a copy of
+    `inspect` whose `stack` is `_fast_stack`; the real `inspect` is untouched."""
+    import playwright._impl._connection as connection
+    import playwright._impl._network as network
+    import playwright._impl._sync_base as sync_base
+
+    shim = types.ModuleType("inspect")
+    shim.__dict__.update(inspect.__dict__)
+    shim.stack = _fast_stack
+    for module in (connection, network, sync_base):
+        module.inspect = shim
+
+
 def _use_system_chromium() -> None:
-    """Route every browsergym Chromium launch (task page and chat window) to the system browser."""
+    """Route every browsergym Chromium launch (task page and chat window) to the system browser, and
+    reuse a launched browser while it is alive (a dead one is launched again)."""
     from browsergym.core import _get_global_playwright
 
     chromium = _get_global_playwright().chromium
     if getattr(chromium.launch, "_vlmq", False):
         return
-    launch, exe = chromium.launch, chromium_path()
+    _speed_up_playwright()
+    launch, exe, kept = chromium.launch, chromium_path(), {}
 
     def patched(**kwargs):
         kwargs.setdefault("executable_path", exe)
-        return launch(**kwargs)
+        key = repr(sorted(kwargs.items()))
+        if key not in kept or not kept[key].is_connected():
+            kept[key] = _KeptBrowser(launch(**kwargs))
+        return kept[key]
 
     patched._vlmq = True
     chromium.launch = patched
