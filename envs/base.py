@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 OBS_MODES = ("image", "text", "both")
-_ACTION_KEY = re.compile(r'"action"\s*:\s*', re.IGNORECASE)
+_ACTION_VALUE = re.compile(r'"action"\s*:\s*(?:"([^"]*)"?|([^,}\n]*))', re.IGNORECASE)
 
 
 class EnvCrashed(RuntimeError):
@@ -34,16 +34,9 @@ class Observation:
 
 
 def _action_values(text: str) -> list[str]:
-    """The value of every `"action":` key: a quoted string, or bare text up to `,`, `}` or a newline."""
-    values = []
-    for m in _ACTION_KEY.finditer(text):
-        rest = text[m.end() :]
-        if rest.startswith('"'):
-            end = rest.find('"', 1)
-            values.append(rest[1:] if end < 0 else rest[1:end])
-        else:
-            values.append(re.split(r"[,}\n]", rest, maxsplit=1)[0])
-    return values
+    """The value of every `"action":` key: a quoted string (to the closing quote or the end), or bare
+    text up to `,`, `}` or a newline."""
+    return [m.group(1) if m.group(1) is not None else m.group(2) for m in _ACTION_VALUE.finditer(text)]
 
 
 def _mentions(value: str, action: str) -> bool:
