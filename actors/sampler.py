@@ -283,11 +283,14 @@ class Sampler:
     def _serve(self) -> None:
         while True:
             items = [self._queue.get()]
+            # a backlog is taken at once; a lone caller waits batch_wait_s for company
+            wait = self._queue.empty()
             deadline = time.monotonic() + self.cfg.batch_wait_s
             n = len(items[0][0])
             while n < self.cfg.max_batch:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    left = deadline - time.monotonic()
+                    item = self._queue.get(timeout=left) if wait and left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 items.append(item)

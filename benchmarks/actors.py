@@ -91,12 +91,16 @@ def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> 
     out: dict = {"backend": backend}
 
     if backend == "hf":
-        replay = start_replay(cfg.replay, str(work / "replay-hf"))
-        runner = EnvRunner.remote(cfg, [sampler], replay, 0)
-        ray.get(runner.run.remote(16))  # warm up
-        t0 = time.perf_counter()
-        st = ray.get(runner.run.remote(turns))
-        runner_tps = (st["turns"] - 16) / (time.perf_counter() - t0)
+
+        def runner_tps(replay) -> float:
+            runner = EnvRunner.remote(cfg, [sampler], replay, 0)
+            first = ray.get(runner.run.remote(16))["turns"]  # warm up
+            t0 = time.perf_counter()
+            st = ray.get(runner.run.remote(turns))
+            ray.kill(runner)
+            return (st["turns"] - first) / (time.perf_counter() - t0)
+
+        with_replay = runner_tps(start_replay(cfg.replay, str(work / "replay-hf")))
         # the sampler alone on the same prompts, same batch size (envs / groups), two calls in flight
         group = cfg.runner.envs_per_runner // cfg.runner.pipeline_groups
         env = make_env(cfg.env.id, cfg.env.obs_mode)
@@ -118,12 +122,14 @@ def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> 
             inflight.append(sampler.generate.remote(reqs))
         ray.get(inflight)
         sampler_tps = calls * group / (time.perf_counter() - t0)
+        no_replay = runner_tps(None)  # the runner and sampler alone, the replay's CPU left out
         out.update(
-            runner_turns_per_s=runner_tps,
+            runner_turns_per_s=with_replay,
             sampler_turns_per_s=sampler_tps,
-            pipeline_ratio=runner_tps / sampler_tps,
+            pipeline_ratio=with_replay / sampler_tps,
+            runner_no_replay_turns_per_s=no_replay,
+            pipeline_ratio_no_replay=no_replay / sampler_tps,
         )
-        ray.kill(runner)
 
     # LoRA pushes: bytes in, verified, then served
     from actors.hf_backend import HFBackend
@@ -156,7 +162,7 @@ def main() -> None:
     ap.add_argument("--vllm", action="store_true", help="also time LoRA pushes on the vLLM backend")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    n_scripted, n_hf = (300, 32) if args.quick else (3000, 160)
+    n_scripted, n_hf = (300, 32) if args.quick else (3000, 320)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     from vlmq.tiny_model import build_tiny_model
 
