@@ -12,7 +12,7 @@ import ray
 
 from replay.shard import ReplayShard, shard_of, split_offline
 from replay.store import absolute_url
-from replay.turn import Turn, turns_to_table
+from replay.turn import Turn, rows_to_turns, turns_to_table
 from vlmq.config import ReplayConfig
 
 
@@ -52,7 +52,7 @@ class ReplayClient:
             for s, a, b, sd in zip(self.shards, per_off, per_on, seeds)
             if a or b
         ]
-        return [t for part in ray.get(refs) for t in part]
+        return [t for table, images in ray.get(refs) for t in rows_to_turns(table, images.__getitem__)]
 
     def load_offline(self, dataset_dir: str) -> int:
         """Every shard loads its episodes of the dataset; returns offline turns held in total."""

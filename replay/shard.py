@@ -296,13 +296,11 @@ class Shard:
             self._cache.move_to_end(h)
             return img
         img = self._pending.get(h)
-        if img is None:
-            img = (
-                self._offline_images[h].get(h)
-                if h in self._offline_images and h not in self._on_disk
-                else None
-            )
-            img = img if img is not None else self.images.get(h)
+        if img is None:  # online images live in this shard's store, offline ones in their dataset's
+            store = None if h in self._on_disk else self._offline_images.get(h)
+            img = (store or self.images).get(h)
+        img = img.view()
+        img.setflags(write=False)  # shared by every turn that shows it: nobody may draw on it
         self._cache[h] = img
         self._cache_bytes += img.nbytes
         while self._cache_bytes > self.cfg.image_cache_mb * 2**20 and len(self._cache) > 1:
@@ -313,8 +311,12 @@ class Shard:
         """(offline, online) turns held; what the client needs to split a batch across shards."""
         return self._offline_rows, self._online_rows
 
-    def take(self, n_offline: int, n_online: int, seed: int | None = None) -> list[Turn]:
-        """Uniform draws with replacement: `n_offline` from offline, `n_online` from online."""
+    def take(
+        self, n_offline: int, n_online: int, seed: int | None = None
+    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """Uniform draws with replacement, `n_offline` from offline and `n_online` from online, as
+        rows plus their decoded images. The client builds the Turns, so that Python work happens in
+        the sampling process and Ray moves Arrow buffers and arrays without pickling objects."""
         with self._lock:
             if (n_offline and not self._offline_rows) or (n_online and not self._online_rows):
                 raise ValueError(
@@ -330,7 +332,9 @@ class Shard:
                 self._age_turns = float(self._next_seq - np.mean(online.column("seq").to_numpy()))
                 self._age_s = float(time.time() - np.mean(online.column("wall_time").to_numpy()))
                 parts.append(online)
-            return [t for part in parts for t in rows_to_turns(part, self._image)]
+            table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+            hashes = set(_flat(table, "image_hashes", "next_image_hashes"))
+            return table, {h: self._image(h) for h in hashes}
 
     def sample(self, n: int, offline_fraction: float, seed: int | None = None) -> list[Turn]:
         """`round(n * offline_fraction)` offline turns and the rest online; when one partition is
@@ -340,7 +344,8 @@ class Shard:
                 f"sample: need n >= 0 and 0 <= offline_fraction <= 1, got {n}, {offline_fraction}"
             )
         n_off = split_offline(n, offline_fraction, self._offline_rows, self._online_rows)
-        return self.take(n_off, n - n_off, seed)
+        table, images = self.take(n_off, n - n_off, seed)
+        return rows_to_turns(table, images.__getitem__)
 
     def stats(self) -> dict:
         with self._lock:
