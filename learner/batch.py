@@ -7,6 +7,7 @@ len(prompt) - 1 + k, whose logits predict it. Rows are right-padded; padding has
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -86,9 +87,36 @@ def text_to_gen_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def encode_turn_prompt(processor, turn) -> dict:
+class PromptCache:
+    """encode_prompt results by (messages, image hashes). Prompts recur a lot (a turn's next prompt is the
+    following turn's prompt; small games revisit states; replay resamples), and the image processor
+    costs more than the model's forward on small models. Bounded, oldest out first."""
+
+    def __init__(self, max_items: int = 8192):
+        self.max_items, self.items = max_items, {}
+
+    def encode(self, processor, messages: list, images: list, hashes: list | None = None) -> dict:
+        from replay.turn import image_hash
+
+        images = list(images or [])
+        hashes = list(hashes) if hashes and len(hashes) == len(images) else [image_hash(i) for i in images]
+        key = (json.dumps(messages, sort_keys=True), tuple(hashes))
+        if key not in self.items:
+            if len(self.items) >= self.max_items:
+                self.items.pop(next(iter(self.items)))
+            self.items[key] = encode_prompt(processor, messages, images)
+        return self.items[key]
+
+
+def _encode(processor, messages, images, hashes, cache: PromptCache | None) -> dict:
+    if cache is None:
+        return encode_prompt(processor, messages, list(images or []))
+    return cache.encode(processor, messages, images, hashes)
+
+
+def encode_turn_prompt(processor, turn, cache: PromptCache | None = None) -> dict:
     """encode_prompt, checked against the ids the sampler stored (token-in, token-out)."""
-    enc = encode_prompt(processor, turn.messages, list(turn.images or []))
+    enc = _encode(processor, turn.messages, turn.images, turn.image_hashes, cache)
     stored = getattr(turn, "prompt_ids", None)
     if stored is not None and list(stored) != enc["input_ids"]:
         ids = enc["input_ids"]
@@ -102,7 +130,7 @@ def encode_turn_prompt(processor, turn) -> dict:
     return enc
 
 
-def build_batch(turns: list, processor, cfg: LearnerConfig) -> Batch:
+def build_batch(turns: list, processor, cfg: LearnerConfig, cache: PromptCache | None = None) -> Batch:
     """Token tensors, masks, rewards, discounts and the next prompts of a list of `replay.turn.Turn`."""
     if not turns:
         raise ValueError("build_batch needs at least one turn")
@@ -116,14 +144,14 @@ def build_batch(turns: list, processor, cfg: LearnerConfig) -> Batch:
             raise ValueError(
                 f"episode {t.episode_id} turn {t.turn_index}: empty gen_ids (nothing to learn from)"
             )
-        enc = encode_turn_prompt(processor, t)
+        enc = encode_turn_prompt(processor, t, cache)
         seqs.append({**enc, "input_ids": enc["input_ids"] + gen, "prompt_len": len(enc["input_ids"])})
         if not t.terminated:
             if not t.next_messages:
                 raise ValueError(
                     f"episode {t.episode_id} turn {t.turn_index} is not terminated but has no next prompt to bootstrap from"
                 )
-            nexts.append(encode_prompt(processor, t.next_messages, list(t.next_images or [])))
+            nexts.append(_encode(processor, t.next_messages, t.next_images, t.next_image_hashes, cache))
             next_rows.append(b)
 
     prompt_lens = [s.pop("prompt_len") for s in seqs]

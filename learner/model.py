@@ -56,9 +56,9 @@ class DualHeadModel(nn.Module):
         hidden = hf.get_output_embeddings().in_features
         vocab = hf.get_output_embeddings().out_features
         self.critics = nn.ModuleList(nn.Linear(hidden, vocab) for _ in range(cfg.num_critics))
-        for head in self.critics:  # small initial Q so V and A start near 0
+        for head in self.critics:  # Q starts flat at critic_bias_init (see ModelConfig)
             nn.init.normal_(head.weight, std=0.02 / hidden**0.5)
-            nn.init.zeros_(head.bias)
+            nn.init.constant_(head.bias, cfg.critic_bias_init)
         self.targets = copy.deepcopy(self.critics).requires_grad_(False)
 
     @property

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from learner.batch import Prompts, build_batch, encode_prompt
+from learner.batch import PromptCache, Prompts, build_batch, encode_prompt
 from learner.losses import vlmq_losses
 from learner.model import DualHeadModel
 from learner.processing import load_processor
@@ -55,6 +55,7 @@ class Learner:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.steps = 0
+        self.prompt_cache = PromptCache()
 
     def init_distributed(self, rank: int, world_size: int, init_method: str) -> None:
         """Join the process group (gloo on CPU, NCCL on GPU); all ranks call this together."""
@@ -87,7 +88,7 @@ class Learner:
     def step(self, turns: list) -> dict[str, float]:
         """One update on this worker's share of the global batch; metrics are of the whole batch."""
         self.model.train()
-        batch = build_batch(turns, self.processor, self.cfg).to(self.device)
+        batch = build_batch(turns, self.processor, self.cfg, self.prompt_cache).to(self.device)
         B = batch.actions.shape[0]
         next_v = torch.zeros(B, device=self.device)
         with self._autocast():

@@ -32,6 +32,10 @@ class ModelConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     freeze_vision: bool = True
     num_critics: int = 2
+    # Initial Q of every token. Only tokens in the data are ever trained, so this is the value the
+    # critic assumes for tokens it never saw: a pessimistic value (below any return in the data) keeps
+    # V = sum_a pi Q from favouring unseen tokens while pi is still far from the data (from-scratch models).
+    critic_bias_init: float = 0.0
     build_tiny: bool = True  # build the tiny offline model at `path` when it does not exist
 
 
