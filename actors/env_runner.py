@@ -183,7 +183,7 @@ class Runner:
             g = (g + 1) % n
 
     def _submit(self, group: list[_Slot], mode: _Mode) -> list:
-        """One sampler call per policy version among the group's active episodes: [(ref, slots, reqs, attempt)]."""
+        """One sampler call per policy version among the group's active episodes: [ref, slots, reqs, version]."""
         by_version: dict[int | None, list[_Slot]] = {}
         for s in group:
             if s.active:

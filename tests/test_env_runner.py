@@ -83,6 +83,7 @@ def assert_episode_replays(cfg: RunConfig, ep: list) -> None:
                 assert ep[i + 1].messages == t.next_messages
 
 
+@pytest.mark.slow
 def test_scripted_runners_fill_replay_with_complete_correct_turns(ray_local, tmp_path):
     from replay.client import start_replay
     from replay.store import ImageStore, open_root, read_folder
@@ -112,6 +113,7 @@ def test_scripted_runners_fill_replay_with_complete_correct_turns(ray_local, tmp
         assert_episode_replays(cfg, ep)
 
 
+@pytest.mark.slow
 def test_eval_is_greedy_on_held_out_seeds_and_epsilon_fixes_syntax(ray_local):
     cfg = scripted_cfg("malformed:1.0", envs=4, epsilon=1.0)
     sampler = Sampler.remote(cfg.sampler, cfg.model)

@@ -17,8 +17,15 @@ from actors.sampler import Probe, Sampler, VersionedSampler
 from learner.export import pack
 from vlmq.config import LearnerConfig, ModelConfig, SamplerConfig
 
-PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": 'Position 3, target 7. "+" or "-"?'}]}]
-PROMPT2 = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Blackjack: hit or stand?"}]}]
+PROMPT = [
+    {
+        "role": "user",
+        "content": [{"type": "image"}, {"type": "text", "text": 'Position 3, target 7. "+" or "-"?'}],
+    }
+]
+PROMPT2 = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Blackjack: hit or stand?"}]}
+]
 
 
 def _image(seed: int) -> np.ndarray:
@@ -110,6 +117,7 @@ def hf(tiny_vlm_dir):
     return HFBackend(str(tiny_vlm_dir), seed=0)
 
 
+@pytest.mark.slow
 def test_hf_backend_ids_and_logprobs_match_the_learners_batch(hf, tiny_vlm_dir):
     from transformers import AutoModelForImageTextToText
 
@@ -175,7 +183,9 @@ def test_vllm_hot_swap_follows_versions_and_refuses_a_wrong_reference(
     s = VersionedSampler(vllm_backend, SamplerConfig(resident_versions=2, probe_tolerance=1e-3))
     a1, a2 = make_lora_adapter(seed=21), make_lora_adapter(seed=22)
     v1, v_bad, v2 = fresh_version(), fresh_version(), fresh_version()
-    probe_ids = hf.generate([Request(PROMPT, [_image(3)], ["+"], temperature=0.0, max_tokens=8)], 0)[0].gen_ids
+    probe_ids = hf.generate([Request(PROMPT, [_image(3)], ["+"], temperature=0.0, max_tokens=8)], 0)[
+        0
+    ].gen_ids
     refs = {}
     for v, a in ((v1, a1), (v2, a2)):
         hf.load_lora(v, str(a))
@@ -225,7 +235,9 @@ def test_sampler_actor_micro_batches_concurrent_callers(ray_local):
     sampler = Sampler.remote(cfg, ModelConfig(path="/nonexistent"))
     reqs = [Request(PROMPT, [], ["+", "-"], expert_action="-")] * 3
     out: list = []
-    threads = [threading.Thread(target=lambda: out.append(ray.get(sampler.generate.remote(reqs)))) for _ in range(6)]
+    threads = [
+        threading.Thread(target=lambda: out.append(ray.get(sampler.generate.remote(reqs)))) for _ in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
