@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=500, help="numberline episodes for bytes_per_turn")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "replay.json"))
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as root:
         offline = f"{root}/offline"
@@ -171,6 +172,7 @@ def main() -> None:
         "sample_offline_fraction": 0.5,
         "flush_turns": ReplayConfig().flush_turns,
         "storage": "local disk (file://)",
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # before, after
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -35,7 +35,7 @@ from replay.store import (
 from replay.turn import SCHEMA, Turn, TurnError, check_table, rows_to_turns, turns_to_table
 from vlmq.config import ReplayConfig
 
-_MERGE_ROWS = 4096  # in-memory online chunks grow to about this many rows
+_MERGE_ROWS = 16384  # in-memory online chunks grow to about this many rows
 _MIN_SEQ = b"vlmq.min_seq"  # segment metadata: the oldest seq the shard held when it was written
 
 
@@ -126,6 +126,8 @@ class Shard:
                 self._keys.update(_keys(table))
                 self._refs.update(_flat(table, "image_hashes", "next_image_hashes"))
             self._on_disk = set(self._refs)
+            if self._online:  # one chunk: the segments' boundaries do not matter in memory
+                self._online = [pa.concat_tables(self._online).combine_chunks()]
             self._evict()
         offline_file = f"{self.dir}/offline.json"
         if self.fs.exists(offline_file):
