@@ -158,6 +158,8 @@ class Runner:
             "success_rate": float(np.mean([x[1] for x in r])) if r else float("nan"),
             "syntax_accuracy": sum(x[2] * x[3] for x in r) / steps if steps else float("nan"),
             "turns_per_s": self.totals["turns"] / self._run_time if self._run_time else 0.0,
+            # share of run time spent waiting for the sampler: near 1 means env work is fully hidden
+            "wait_fraction": self.totals["wait_s"] / self._run_time if self._run_time else 0.0,
             "policy_version": self.last_version,
             "index": self.index,
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
@@ -175,7 +177,9 @@ class Runner:
         while not done():
             if not pending[g] and not any(s.active for s in slots):
                 return  # evaluation: every seed played
+            t0 = time.perf_counter()
             completions = self._collect(pending[g], mode)
+            self.totals["wait_s"] += time.perf_counter() - t0
             for slot, comp in completions:
                 self._step(slot, comp, mode, results)
             self._send()

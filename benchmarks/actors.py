@@ -98,6 +98,7 @@ def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> 
             t0 = time.perf_counter()
             st = ray.get(runner.run.remote(turns))
             ray.kill(runner)
+            out[f"runner_wait_fraction_{'replay' if replay else 'no_replay'}"] = st["wait_fraction"]
             return (st["turns"] - first) / (time.perf_counter() - t0)
 
         with_replay = runner_tps(start_replay(cfg.replay, str(work / "replay-hf")))
