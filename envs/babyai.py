@@ -11,12 +11,15 @@ import io
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI-* levels)
+import numpy as np
+from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, OBJECT_TO_IDX
 
 from envs.base import VLMEnv
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 _DIRS = ["east", "south", "west", "north"]
-_SKIP = {"empty", "wall", "floor", "unseen"}
+_SKIP_IDX = [OBJECT_TO_IDX[k] for k in ("unseen", "empty", "wall", "floor")]
+_DOOR_STATES = {0: "open", 1: "closed", 2: "locked"}
 
 
 def level_name(level: str) -> str:
@@ -56,7 +59,8 @@ class BabyAIEnv(VLMEnv):
     def _reset(self, options):
         # minigrid keeps its own RNG: seeded when a seed is given, running on otherwise
         with contextlib.redirect_stdout(io.StringIO()):  # "Sampling rejected: ..." noise
-            self.inner.reset(seed=self._seed)
+            obs, _ = self.inner.reset(seed=self._seed)
+        self._view = obs["image"]  # minigrid's encoded 7x7 view: the words are read from it
         self.time_limit = self.inner.max_steps  # the level sets it per episode
         self.reward_total = 0.0
         self._bot = None
@@ -76,7 +80,8 @@ class BabyAIEnv(VLMEnv):
     def _apply(self, action):
         a = self.parse_env(action)
         with contextlib.redirect_stdout(io.StringIO()):
-            _, reward, terminated, truncated, _ = self.inner.step(a)
+            obs, reward, terminated, truncated, _ = self.inner.step(a)
+        self._view = obs["image"]
         self._pending.append(a)
         self._advice = None
         self.reward_total += float(reward)
@@ -88,21 +93,20 @@ class BabyAIEnv(VLMEnv):
 
     def state_words(self) -> str:
         """What the agent sees, relative to itself: '<thing> <f> ahead <l> left', nearest first."""
-        env = self.inner
-        grid, vis = env.gen_obs_grid()
-        size = env.agent_view_size
+        env, view = self.inner, self._view
+        size = view.shape[0]
         ax = size // 2
         seen = []
-        for i in range(size):
-            for j in range(size):
-                obj = grid.get(i, j)
-                if obj is None or not vis[i, j] or obj.type in _SKIP or (i, j) == (ax, size - 1):
-                    continue
-                f, s = size - 1 - j, i - ax
-                where = (f"{f} ahead" if f else "") + (
-                    f" {abs(s)} {'right' if s > 0 else 'left'}" if s else ""
-                )
-                seen.append((f + abs(s), f"{_describe(obj)} {where.strip()}"))
+        for i, j in zip(*np.nonzero(~np.isin(view[..., 0], _SKIP_IDX))):
+            if (i, j) == (ax, size - 1):  # the agent's own cell shows what it carries
+                continue
+            kind, color, state = (int(x) for x in view[i, j])
+            name = f"{IDX_TO_COLOR[color]} {IDX_TO_OBJECT[kind]}"
+            if IDX_TO_OBJECT[kind] == "door":
+                name = f"{_DOOR_STATES[state]} {name}"
+            f, s = size - 1 - j, i - ax
+            where = (f"{f} ahead" if f else "") + (f" {abs(s)} {'right' if s > 0 else 'left'}" if s else "")
+            seen.append((f + abs(s), f"{name} {where.strip()}"))
         front = env.grid.get(*env.front_pos)
         parts = [f"You face {_DIRS[env.agent_dir]}."]
         if front is not None and front.type == "wall":
