@@ -144,11 +144,20 @@ class VLMEnv(gym.Env):
         super().reset(seed=seed)
         self._reset(options)
         self._t, self._return, self._done = 0, 0.0, False
-        return self.observe(), {"success": False, "syntax_ok": True, "action": None, "goal_reached": False}
+        info = {
+            "success": False,
+            "syntax_ok": True,
+            "action": None,
+            "goal_reached": False,
+            "episode_return": 0.0,
+        }
+        return self.observe(), info
 
     def step(self, text: str) -> tuple[Observation, float, bool, bool, dict]:
         if self._done:
             raise RuntimeError(f"{self.env_id}: the episode is over (or never started); call reset()")
+        if not isinstance(text, str):
+            raise TypeError(f"{self.env_id}: step() takes the model's output text, got {type(text).__name__}")
         action = self.parse_agent(text)
         self._t += 1
         if action is None:

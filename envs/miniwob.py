@@ -211,15 +211,15 @@ class MiniWoBEnv(VLMEnv):
     def _reset(self, options):
         from playwright.sync_api import Error as PlaywrightError
 
-        if self._bg is None:
-            self._start()
         seed = int(self.np_random.integers(2**31 - 1))
         try:
+            if self._bg is None:
+                self._start()
             obs, _ = self._bg.reset(seed=seed)
         except PlaywrightError as e:
             raise self._crashed(e) from e
         self._clicked_names: list[str] = []  # what the oracle's clicks (when played) were for
-        self._pending_name = None
+        self._pending_name, self._pending_action = None, None
         self._read(obs)
         self.reward_total = 0.0
 
@@ -277,7 +277,7 @@ class MiniWoBEnv(VLMEnv):
             boxes = [bid for bid, role, _ in elements if role == "textbox"]
             k = int(m.group(1)) - 1
             return self.format_click_action(boxes[k]) if k < len(boxes) else None
-        todo = [t for t in targets if not any(t in done for done in self._clicked_names)]
+        todo = [t for t in targets if t not in self._clicked_names]
         for target in todo[:1]:
             t = target.strip().lower()
             roles = {"x": "", "text": "textbox"}

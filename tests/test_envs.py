@@ -305,6 +305,12 @@ def test_bad_arguments():
         envs.make_env("numberlin")
     with pytest.raises(ValueError, match="obs_mode"):
         envs.make_env("numberline", obs_mode="pixels")
+    env = envs.make_env("numberline")
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(act("+"))
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="output text"):
+        env.step(1)
     for spec in ("greedy", "epsilon", "epsilon:2", "malformed:x", "random:1"):
         with pytest.raises(ValueError, match="policy"):
             make_policy(spec)
