@@ -6,6 +6,9 @@
   flush bound (flush_turns=256), so every batch is also written to disk.
 - client_add_turns_per_s: the same through ReplayClient.add, i.e. including validation and
   conversion in the 2 writer processes.
+- *_per_shard_cpu_s: the same turns divided by the CPU seconds the shard processes used, i.e. the
+  rate of a shard with a core to itself; on a shared, oversubscribed machine (see
+  setup.load_average_1min) wall-clock rates understate that.
 - sample_turns_per_s: the driver draws batches of 256 through ReplayClient.sample (half offline,
   half online), turns fully materialised.
 - bytes_per_turn: a numberline dataset (obs_mode both, random policy) on disk; `dedup` is segments
@@ -40,7 +43,7 @@ from replay.client import start_replay  # noqa: E402
 from replay.datasets import DatasetWriter, collect, info  # noqa: E402
 from replay.shard import shard_of  # noqa: E402
 from replay.store import open_root, read_folder  # noqa: E402
-from replay.turn import Turn, turns_to_table  # noqa: E402
+from replay.turn import Turn, to_ipc, turns_to_table  # noqa: E402
 from vlmq.config import ReplayConfig  # noqa: E402
 
 TEXT = "You are playing NumberLine. Move the current number to the target. " * 9
@@ -77,31 +80,35 @@ def batch(prefix: str, n: int) -> list[Turn]:
 
 @ray.remote(num_cpus=0)
 def writer(client, prefix: str, batches: int, size: int, preconverted: bool) -> float:
-    """Adds `batches` batches; with `preconverted`, Turn -> Arrow conversion happens before the
-    clock starts (as it does in parallel on many EnvRunners), so only the shards are measured."""
+    """Adds `batches` batches; with `preconverted`, what ReplayClient.add sends (Arrow IPC bytes
+    and images per shard) is built before the clock starts, as EnvRunners do it in parallel."""
     data = [batch(f"{prefix}-{b}", size) for b in range(batches)]
     if preconverted:
-        data = [
-            [
-                (client.shards[i], turns_to_table(g))
-                for i, g in group_by_shard(turns, len(client.shards)).items()
-            ]
-            for turns in data
-        ]
+        data = [converted(turns, client.shards) for turns in data]
     t0 = time.perf_counter()
     for item in data:
         if preconverted:
-            ray.get([shard.add.remote(table, images) for shard, (table, images) in item])
+            ray.get([shard.add.remote(rows, images) for shard, rows, images in item])
         else:
             client.add(item)
     return time.perf_counter() - t0
 
 
-def group_by_shard(turns: list[Turn], n: int) -> dict[int, list[Turn]]:
+def converted(turns: list[Turn], shards: list) -> list[tuple]:
+    """(shard, rows, images) for each shard that gets some of these episodes."""
     groups: dict[int, list[Turn]] = {}
     for t in turns:
-        groups.setdefault(shard_of(t.episode_id, n), []).append(t)
-    return groups
+        groups.setdefault(shard_of(t.episode_id, len(shards)), []).append(t)
+    out = []
+    for i, group in groups.items():
+        table, images = turns_to_table(group)
+        out.append((shards[i], to_ipc(table), images))
+    return out
+
+
+def shard_cpu(client) -> float:
+    """CPU seconds the shard processes have used (all their threads, Ray's included)."""
+    return sum(st["cpu_s"] for st in client.stats()["shards"])
 
 
 def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
@@ -112,14 +119,19 @@ def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
     per_writer = max(1, turns // (writers * size))
     rates = {}
     for key, pre in (("add_turns_per_s", True), ("client_add_turns_per_s", False)):
-        t0 = time.perf_counter()
+        cpu, t0 = shard_cpu(client), time.perf_counter()
         ray.get([writer.remote(client, f"{key}{w}", per_writer, size, pre) for w in range(writers)])
         rates[key] = round(writers * per_writer * size / (time.perf_counter() - t0))
+        if pre:
+            rates["add_turns_per_shard_cpu_s"] = round(
+                writers * per_writer * size / (shard_cpu(client) - cpu)
+            )
     client.sample(256, 0.5)
-    n, t0 = 0, time.perf_counter()
+    n, cpu, t0 = 0, shard_cpu(client), time.perf_counter()
     while time.perf_counter() - t0 < 5.0:
         n += len(client.sample(256, 0.5))
     rates["sample_turns_per_s"] = round(n / (time.perf_counter() - t0))
+    rates["sample_turns_per_shard_cpu_s"] = round(n / (shard_cpu(client) - cpu))
     for s in client.shards:
         ray.kill(s)
     return rates

@@ -12,7 +12,7 @@ import ray
 
 from replay.shard import ReplayShard, shard_of, split_offline
 from replay.store import absolute_url
-from replay.turn import Turn, rows_to_turns, turns_to_table
+from replay.turn import Turn, from_ipc, rows_to_turns, to_ipc, turns_to_table
 from vlmq.config import ReplayConfig
 
 
@@ -30,7 +30,8 @@ class ReplayClient:
         for t in turns:
             groups.setdefault(shard_of(str(t.episode_id), len(self.shards)), []).append(t)
         payloads = {i: turns_to_table(g) for i, g in groups.items()}
-        return sum(ray.get([self.shards[i].add.remote(tab, imgs) for i, (tab, imgs) in payloads.items()]))
+        refs = [self.shards[i].add.remote(to_ipc(table), images) for i, (table, images) in payloads.items()]
+        return sum(ray.get(refs))
 
     def sample(self, n: int, offline_fraction: float, seed: int | None = None) -> list[Turn]:
         """n turns, images loaded: round(n * offline_fraction) uniform over all offline turns, the
@@ -52,7 +53,9 @@ class ReplayClient:
             for s, a, b, sd in zip(self.shards, per_off, per_on, seeds)
             if a or b
         ]
-        return [t for table, images in ray.get(refs) for t in rows_to_turns(table, images.__getitem__)]
+        return [
+            t for rows, images in ray.get(refs) for t in rows_to_turns(from_ipc(rows), images.__getitem__)
+        ]
 
     def load_offline(self, dataset_dir: str) -> int:
         """Every shard loads its episodes of the dataset; returns offline turns held in total."""

@@ -32,10 +32,19 @@ from replay.store import (
     read_segments,
     write_segment,
 )
-from replay.turn import SCHEMA, Turn, TurnError, check_table, rows_to_turns, turns_to_table
+from replay.turn import (
+    SCHEMA,
+    Turn,
+    TurnError,
+    check_table,
+    from_ipc,
+    rows_to_turns,
+    to_ipc,
+    turns_to_table,
+)
 from vlmq.config import ReplayConfig
 
-_MERGE_ROWS = 16384  # in-memory online chunks grow to about this many rows
+_MERGE_ROWS = 65536  # in-memory online chunks grow to about this many rows
 _MIN_SEQ = b"vlmq.min_seq"  # segment metadata: the oldest seq the shard held when it was written
 
 
@@ -195,14 +204,16 @@ class Shard:
             return self._flush()
 
     # ---- writing -----------------------------------------------------------------------------
-    def add(self, turns: list[Turn] | pa.Table, images: dict[str, np.ndarray] | None = None) -> int:
-        """Append turns (a list of Turn, or a table from turns_to_table with its images).
+    def add(self, turns: list[Turn] | pa.Table | bytes, images: dict[str, np.ndarray] | None = None) -> int:
+        """Append turns: a list of Turn, or a table from turns_to_table (or its to_ipc bytes) with
+        its images.
 
         Turns already held (same episode_id and turn_index) are skipped, so a retried call adds
         nothing twice. Bad input raises before anything changes. Returns the number added.
         """
-        if isinstance(turns, pa.Table):
-            table, images = check_table(turns, where="add()"), dict(images or {})
+        if isinstance(turns, (bytes, pa.Table)):
+            table = from_ipc(turns) if isinstance(turns, bytes) else turns
+            table, images = check_table(table, where="add()"), dict(images or {})
         else:
             table, images = turns_to_table(list(turns))
         if table.num_rows == 0:
@@ -315,10 +326,10 @@ class Shard:
 
     def take(
         self, n_offline: int, n_online: int, seed: int | None = None
-    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    ) -> tuple[bytes, dict[str, np.ndarray]]:
         """Uniform draws with replacement, `n_offline` from offline and `n_online` from online, as
-        rows plus their decoded images. The client builds the Turns, so that Python work happens in
-        the sampling process and Ray moves Arrow buffers and arrays without pickling objects."""
+        rows (to_ipc bytes) plus their decoded images. The client builds the Turns, so that Python
+        work happens in the sampling process and Ray moves bytes and arrays, not Python objects."""
         with self._lock:
             if (n_offline and not self._offline_rows) or (n_online and not self._online_rows):
                 raise ValueError(
@@ -336,7 +347,7 @@ class Shard:
                 parts.append(online)
             table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
             hashes = set(_flat(table, "image_hashes", "next_image_hashes"))
-            return table, {h: self._image(h) for h in hashes}
+            return to_ipc(table), {h: self._image(h) for h in hashes}
 
     def sample(self, n: int, offline_fraction: float, seed: int | None = None) -> list[Turn]:
         """`round(n * offline_fraction)` offline turns and the rest online; when one partition is
@@ -346,8 +357,8 @@ class Shard:
                 f"sample: need n >= 0 and 0 <= offline_fraction <= 1, got {n}, {offline_fraction}"
             )
         n_off = split_offline(n, offline_fraction, self._offline_rows, self._online_rows)
-        table, images = self.take(n_off, n - n_off, seed)
-        return rows_to_turns(table, images.__getitem__)
+        rows, images = self.take(n_off, n - n_off, seed)
+        return rows_to_turns(from_ipc(rows), images.__getitem__)
 
     def stats(self) -> dict:
         with self._lock:
@@ -361,6 +372,7 @@ class Shard:
             return {
                 "shard": self.index,
                 "pid": os.getpid(),
+                "cpu_s": time.process_time(),  # this process's CPU time: cost per turn on a busy machine
                 "dir": self.fs.unstrip_protocol(self.dir),
                 "offline": self._offline_rows,
                 "online": self._online_rows,

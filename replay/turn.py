@@ -232,6 +232,18 @@ def _to_arrays(cols: dict[str, list]) -> list[pa.Array]:
     return arrays
 
 
+def to_ipc(table: pa.Table) -> bytes:
+    """A table as Arrow IPC bytes: what crosses Ray (several times cheaper than pickling a Table)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
 def check_table(table: pa.Table, where: str = "table") -> pa.Table:
     """A table from the wire or a file must have exactly the replay schema (column order aside)."""
     names = set(table.schema.names)

@@ -312,8 +312,9 @@ def test_killed_shard_restarts_with_every_flushed_turn_and_no_duplicates(ray_loc
     assert client.flush() > 0  # everything written so far is on disk
     pid = ray.get(handle.stats.remote())["pid"]
     writers = [_writer.remote(client, f"b{w}", 60, 0.01) for w in range(2)]
-    while ray.get(handle.stats.remote())["added"] < 240 + 100:
-        time.sleep(0.02)
+    deadline = time.monotonic() + 120
+    while ray.get(handle.stats.remote())["added"] < 240 + 100 and time.monotonic() < deadline:
+        time.sleep(0.02)  # kill it mid-stream, after ~100 turns of the second wave
     ray.kill(handle, no_restart=False)
     acked = ray.get(writers)  # in-flight calls are retried on the new incarnation
     after = ray.get(handle.stats.remote())
