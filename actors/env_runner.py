@@ -185,6 +185,9 @@ class Runner:
             self._send()
             pending[g] = self._submit(groups[g], mode)
             g = (g + 1) % n
+        for calls in pending:  # finish what is in flight: no sampler work is thrown away
+            for slot, comp in self._collect(calls, mode):
+                self._step(slot, comp, mode, results)
 
     def _submit(self, group: list[_Slot], mode: _Mode) -> list:
         """One sampler call per policy version among the group's active episodes: [ref, slots, reqs, version]."""

@@ -91,19 +91,8 @@ def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> 
     out: dict = {"backend": backend}
 
     if backend == "hf":
-
-        def runner_tps(replay) -> float:
-            runner = EnvRunner.remote(cfg, [sampler], replay, 0)
-            first = ray.get(runner.run.remote(16))["turns"]  # warm up
-            t0 = time.perf_counter()
-            st = ray.get(runner.run.remote(turns))
-            ray.kill(runner)
-            out[f"runner_wait_fraction_{'replay' if replay else 'no_replay'}"] = st["wait_fraction"]
-            return (st["turns"] - first) / (time.perf_counter() - t0)
-
-        with_replay = runner_tps(start_replay(cfg.replay, str(work / "replay-hf")))
-        # the sampler alone on the same prompts, same batch size (envs / groups), two calls in flight
-        group = cfg.runner.envs_per_runner // cfg.runner.pipeline_groups
+        # Runner windows and sampler-alone windows alternate, so a change in machine load hits both.
+        group = cfg.runner.envs_per_runner // cfg.runner.pipeline_groups  # the runner's batch size
         env = make_env(cfg.env.id, cfg.env.obs_mode)
         reqs = []
         for seed in range(group):
@@ -114,22 +103,50 @@ def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> 
                     messages, images, obs.legal_actions, None, cfg.sampler.temperature, cfg.sampler.max_tokens
                 )
             )
-        calls = max(2, turns // group)
-        ray.get(sampler.generate.remote(reqs))
-        t0 = time.perf_counter()
-        inflight = [sampler.generate.remote(reqs), sampler.generate.remote(reqs)]
-        for _ in range(calls - 2):
-            ray.get(inflight.pop(0))
-            inflight.append(sampler.generate.remote(reqs))
-        ray.get(inflight)
-        sampler_tps = calls * group / (time.perf_counter() - t0)
-        no_replay = runner_tps(None)  # the runner and sampler alone, the replay's CPU left out
+
+        def sampler_window(calls: int) -> tuple[int, float]:
+            """The sampler alone on the same prompts, two calls in flight so it is never idle."""
+            t0 = time.perf_counter()
+            inflight = [sampler.generate.remote(reqs), sampler.generate.remote(reqs)]
+            for _ in range(calls - 2):
+                ray.get(inflight.pop(0))
+                inflight.append(sampler.generate.remote(reqs))
+            ray.get(inflight)
+            return calls * group, time.perf_counter() - t0
+
+        def runner_window(runner, n: int) -> tuple[int, float]:
+            before = ray.get(runner.stats.remote())["turns"]
+            t0 = time.perf_counter()
+            st = ray.get(runner.run.remote(n))
+            return st["turns"] - before, time.perf_counter() - t0
+
+        runners = {
+            "replay": EnvRunner.remote(cfg, [sampler], start_replay(cfg.replay, str(work / "replay-hf")), 0),
+            "no_replay": EnvRunner.remote(cfg, [sampler], None, 0),
+        }
+        for r in runners.values():
+            ray.get(r.run.remote(16))  # warm up
+        sampler_window(4)
+        rounds, per_round = 4, max(16, turns // 4)
+        tally = {k: [0, 0.0] for k in ("sampler", "replay", "no_replay")}
+        for _ in range(rounds):
+            for key, r in runners.items():
+                for k, (n, dt) in (
+                    ("sampler", sampler_window(per_round // group)),
+                    (key, runner_window(r, per_round)),
+                ):
+                    tally[k][0] += n
+                    tally[k][1] += dt
+        tps = {k: n / dt for k, (n, dt) in tally.items()}
+        for key, r in runners.items():
+            out[f"runner_wait_fraction_{key}"] = ray.get(r.stats.remote())["wait_fraction"]
+            ray.kill(r)
         out.update(
-            runner_turns_per_s=with_replay,
-            sampler_turns_per_s=sampler_tps,
-            pipeline_ratio=with_replay / sampler_tps,
-            runner_no_replay_turns_per_s=no_replay,
-            pipeline_ratio_no_replay=no_replay / sampler_tps,
+            runner_turns_per_s=tps["replay"],
+            runner_no_replay_turns_per_s=tps["no_replay"],
+            sampler_turns_per_s=tps["sampler"],
+            pipeline_ratio=tps["replay"] / tps["sampler"],
+            pipeline_ratio_no_replay=tps["no_replay"] / tps["sampler"],
         )
 
     # LoRA pushes: bytes in, verified, then served
