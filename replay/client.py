@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from replay.shard import ReplayShard, shard_of, split_offline
 from replay.store import absolute_url
-from replay.turn import Turn, from_ipc, rows_to_turns, to_ipc, turns_to_table
+from replay.turn import Turn, from_ipc, image_refs, rows_to_turns, to_ipc, turns_to_table
 from vlmq.config import ReplayConfig
 
 
@@ -24,13 +25,15 @@ class ReplayClient:
         self._rng = np.random.default_rng()
 
     def add(self, turns: list[Turn]) -> int:
-        """Send each episode's turns to its shard (by episode id). Every group is validated and
-        converted before any is sent, so a bad turn adds nothing. Returns the number added."""
-        groups: dict[int, list[Turn]] = {}
-        for t in turns:
-            groups.setdefault(shard_of(str(t.episode_id), len(self.shards)), []).append(t)
-        payloads = {i: turns_to_table(g) for i, g in groups.items()}
-        refs = [self.shards[i].add.remote(to_ipc(table), images) for i, (table, images) in payloads.items()]
+        """Send each episode's turns to its shard (by episode id). All turns are validated before
+        any is sent, so a bad turn adds nothing. Returns the number added (retries add nothing)."""
+        table, images = turns_to_table(turns)
+        where = np.array([shard_of(e, len(self.shards)) for e in table.column("episode_id").to_pylist()])
+        refs = []
+        for i in np.unique(where):
+            part = table if len(self.shards) == 1 else table.filter(pa.array(where == i))
+            part_images = {h: images[h] for h in set(image_refs(part)) if h in images}
+            refs.append(self.shards[i].add.remote(to_ipc(part), part_images))
         return sum(ray.get(refs))
 
     def sample(self, n: int, offline_fraction: float, seed: int | None = None) -> list[Turn]:

@@ -38,6 +38,7 @@ from replay.turn import (
     TurnError,
     check_table,
     from_ipc,
+    image_refs,
     rows_to_turns,
     to_ipc,
     turns_to_table,
@@ -51,10 +52,6 @@ _MIN_SEQ = b"vlmq.min_seq"  # segment metadata: the oldest seq the shard held wh
 def shard_of(episode_id: str, num_shards: int) -> int:
     """Stable routing of a whole episode to one shard (the same in every process)."""
     return zlib.crc32(episode_id.encode()) % num_shards
-
-
-def _flat(table: pa.Table, *cols: str) -> list[str]:
-    return [h for c in cols for h in pc.list_flatten(table.column(c)).to_pylist()]
 
 
 def _take(tables: list[pa.Table], idx: np.ndarray) -> pa.Table:
@@ -133,7 +130,7 @@ class Shard:
                 self._next_seq = max(self._next_seq, last + 1)
             for table in self._online:
                 self._keys.update(_keys(table))
-                self._refs.update(_flat(table, "image_hashes", "next_image_hashes"))
+                self._refs.update(image_refs(table))
             self._on_disk = set(self._refs)
             if self._online:  # one chunk: the segments' boundaries do not matter in memory
                 self._online = [pa.concat_tables(self._online).combine_chunks()]
@@ -229,7 +226,7 @@ class Shard:
                 keys = [k for k, ok in zip(keys, keep) if ok]
                 if table.num_rows == 0:
                     return 0
-            hashes = _flat(table, "image_hashes", "next_image_hashes")
+            hashes = image_refs(table)
             for h in set(hashes):
                 if not (h in images or h in self._pending or h in self._on_disk or h in self._offline_images):
                     raise TurnError(
@@ -268,7 +265,7 @@ class Shard:
             self._online_rows -= dropped.num_rows
             self._counts["evicted"] += dropped.num_rows
             self._keys.difference_update(_keys(dropped))
-            for h in _flat(dropped, "image_hashes", "next_image_hashes"):
+            for h in image_refs(dropped):
                 self._refs[h] -= 1
                 if self._refs[h] == 0:
                     self._dead.add(h)
@@ -285,7 +282,7 @@ class Shard:
             table = table.filter(pa.array(mine))
         fs, path = open_root(dataset_dir)
         store = ImageStore(fs, f"{path}/images")
-        for h in _flat(table, "image_hashes", "next_image_hashes"):
+        for h in image_refs(table):
             self._offline_images[h] = store
         self._offline.append(table.combine_chunks())
         self._offline_rows += table.num_rows
@@ -346,7 +343,7 @@ class Shard:
                 self._age_s = float(time.time() - np.mean(online.column("wall_time").to_numpy()))
                 parts.append(online)
             table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
-            hashes = set(_flat(table, "image_hashes", "next_image_hashes"))
+            hashes = set(image_refs(table))
             return to_ipc(table), {h: self._image(h) for h in hashes}
 
     def sample(self, n: int, offline_fraction: float, seed: int | None = None) -> list[Turn]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class TurnError(ValueError):
@@ -230,6 +231,13 @@ def _to_arrays(cols: dict[str, list]) -> list[pa.Array]:
                     raise TurnError(f"{where}: {f.name} does not fit {f.type}: {value!r:.80}") from None
             raise TurnError(f"turns: column {f.name} does not fit {f.type}: {err}") from None
     return arrays
+
+
+def image_refs(table: pa.Table) -> list[str]:
+    """Every image reference of the rows (prompt and next prompt), with repeats."""
+    return [
+        h for c in ("image_hashes", "next_image_hashes") for h in pc.list_flatten(table.column(c)).to_pylist()
+    ]
 
 
 def to_ipc(table: pa.Table) -> bytes:

@@ -297,6 +297,10 @@ def test_client_routes_episodes_and_samples_by_size(ray_local, tmp_path):
     held = {(t.episode_id, t.turn_index): t for t in batch}
     for t in turns + episodes("off", 30, version=-1):
         assert_same(t, held[(t.episode_id, t.turn_index)])
+    bad = episodes("bad", 6)  # spread over the shards; one bad turn and none of them is added
+    bad[13].reward = float("inf")
+    with pytest.raises(TurnError, match=r"turns\[13\] \(episode 'bad-3', turn 1\): reward"):
+        client.add(bad)
     stats = client.stats()
     assert stats["online"] == 240 and stats["offline"] == 120
     assert stats["policy_versions"] == {"offline": {-1: 120}, "online": {3: 240}}
