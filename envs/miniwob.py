@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,15 @@ def chromium_path() -> str:
         if cand and (path := shutil.which(cand)):
             return path
     raise RuntimeError("MiniWoB needs a system Chromium: apt-get install -y chromium (or set VLMQ_CHROMIUM)")
+
+
+# Playwright's sync API is bound to the thread that started it, and Ray's threaded actors call methods
+# from a pool of threads: every browser call goes through this one thread.
+_BROWSER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmq-browser")
+
+
+def _on_browser_thread(fn, *args):
+    return _BROWSER_THREAD.submit(fn, *args).result()
 
 
 class _KeptBrowser:
@@ -202,7 +212,7 @@ class MiniWoBEnv(VLMEnv):
     def close(self):
         if self._bg is not None:
             try:
-                self._bg.close()
+                _on_browser_thread(self._bg.close)
             except Exception:  # a dead browser cannot be closed cleanly; its processes are gone anyway
                 pass
             self._bg = None
@@ -214,8 +224,8 @@ class MiniWoBEnv(VLMEnv):
         seed = int(self.np_random.integers(2**31 - 1))
         try:
             if self._bg is None:
-                self._start()
-            obs, _ = self._bg.reset(seed=seed)
+                _on_browser_thread(self._start)
+            obs, _ = _on_browser_thread(self._bg.reset, seed)
         except PlaywrightError as e:
             raise self._crashed(e) from e
         self._clicked_names: list[str] = []  # what the oracle's clicks (when played) were for
@@ -242,7 +252,7 @@ class MiniWoBEnv(VLMEnv):
         from playwright.sync_api import Error as PlaywrightError
 
         try:
-            obs, reward, terminated, truncated, _ = self._bg.step(action)
+            obs, reward, terminated, truncated, _ = _on_browser_thread(self._bg.step, action)
         except PlaywrightError as e:
             raise self._crashed(e) from e
         if self._pending_name is not None and action == self._pending_action:

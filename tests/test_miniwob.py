@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 
 import psutil
 import pytest
@@ -37,8 +38,17 @@ def test_click_test_solved_by_element_id(env):
     _, r, term, trunc, info = env.step(envs.format_action(f"click('{bid}')", thoughts="the only button"))
     assert r == 1.0 and term and not trunc and info["goal_reached"]
     assert not info["success"]  # three syntax errors (-3) then +1: return -2 (RL4VLM counts return > 0)
-    obs, _ = env.reset(seed=1)
-    _, r, term, _, info = env.step(envs.format_action(env.expert_action()))
+    # another thread (Ray's threaded actors use a pool): Playwright's sync API must not mind
+    result = []
+
+    def episode():
+        env.reset(seed=1)
+        result.append(env.step(envs.format_action(env.expert_action())))
+
+    worker = threading.Thread(target=episode)
+    worker.start()
+    worker.join()
+    _, r, term, _, info = result[0]
     assert r == 1.0 and term and info["success"]
 
 
