@@ -16,7 +16,7 @@ from replay.client import ReplayClient, start_replay
 from replay.datasets import DatasetWriter
 from replay.shard import Shard, shard_of
 from replay.store import CorruptSegment, read_folder
-from replay.turn import Turn, TurnError, turns_to_table
+from replay.turn import Turn, TurnError, image_hash, turns_to_table
 from vlmq.config import ReplayConfig
 
 IMAGES = [np.full((6, 5, 3), k, dtype=np.uint8) for k in range(4)]  # few distinct images: dedup shows
@@ -65,15 +65,15 @@ def episodes(prefix: str, n: int, length: int = 4, version: int = 0, images: boo
 
 
 def assert_same(a: Turn, b: Turn) -> None:
-    """Every field equal; images by value; hashes are filled in by the replay."""
+    """Every field equal; images by value; hashes those of the images."""
     for name in a.__dataclass_fields__:
         x, y = getattr(a, name), getattr(b, name)
         if name in ("images", "next_images"):
             assert len(x) == len(y) and all(
                 np.array_equal(i, j) and j.dtype == np.uint8 for i, j in zip(x, y)
             ), name
-        elif name in ("image_hashes", "next_image_hashes"):
-            continue
+        elif name in ("image_hashes", "next_image_hashes"):  # filled in by the replay
+            assert y == [image_hash(i) for i in getattr(a, name.replace("_hashes", "s"))], name
         else:
             assert x == y, (name, x, y)
 
