@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 
+import gymnasium as gym
 import psutil
 import pytest
 
@@ -74,5 +75,7 @@ def test_task_list_and_static_prompt():
     assert set(MINIWOB_TASKS) <= {t.subdomain for t in ALL_MINIWOB_TASKS}
     with pytest.raises(ValueError, match="unknown MiniWoB task"):
         envs.make_env("miniwob:click-nothing")
+    made = gym.make("vlmq/MiniWoB-v0", task="click-dialog", tree_budget=500).unwrapped  # no browser yet
+    assert isinstance(made, MiniWoBEnv) and made.env_id == "miniwob:click-dialog" and made.tree_budget == 500
     text = MiniWoBEnv.static_prompt("Click the button.", "[13] button 'OK'")
     assert text.endswith("Goal: Click the button.\nPage:\n[13] button 'OK'") and "click('" in text
