@@ -6,7 +6,8 @@ envs whose actions came back while the other groups' actions are being generated
 the sampler always has the next batch queued, and env stepping costs no sampler time.
 
 Episodes: a turn waits in its episode until the episode ends, then goes to a send buffer that is
-flushed to the replay every `runner.send_every` turns, so the replay only ever sees whole episodes.
+handed to the replay every `runner.send_every` turns (from a background thread, one batch in flight),
+so the replay only ever sees whole episodes.
 An env that raises (e.g. `envs.EnvCrashed`, a dead browser) loses its partial episode (counted in
 `crashes` and `dropped_turns`) and is recreated; the runner goes on.
 
@@ -23,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,8 @@ class Runner:
         self._episodes = 0
         self._stop = threading.Event()
         self._outbox: list[Turn] = []
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="replay-send")
+        self._sending: Future | None = None
         self.totals = collections.Counter()
         self.recent: collections.deque = collections.deque(maxlen=100)  # (return, success, syntax acc, steps)
         self.last_version = None
@@ -182,8 +186,8 @@ class Runner:
             self.totals["wait_s"] += time.perf_counter() - t0
             for slot, comp in completions:
                 self._step(slot, comp, mode, results)
-            self._send()
             pending[g] = self._submit(groups[g], mode)
+            self._send()
             g = (g + 1) % n
         for calls in pending:  # finish what is in flight: no sampler work is thrown away
             for slot, comp in self._collect(calls, mode):
@@ -346,11 +350,21 @@ class Runner:
             yield (self.cfg.seed + self.index + m * k) % self.cfg.eval.seed
 
     def _send(self, force: bool = False) -> None:
+        """Hand full batches to the replay from a background thread (one add in flight at most, so a
+        slow replay slows the runner down instead of piling up turns); `force` also waits for it."""
         if self._outbox and (force or len(self._outbox) >= self.cfg.runner.send_every):
+            batch, self._outbox = self._outbox, []
             if self.replay is not None:
-                self.replay.add(self._outbox)
-            self.totals["sent_turns"] += len(self._outbox)
-            self._outbox = []
+                self._wait_sent()
+                self._sending = self._sender.submit(self.replay.add, batch)
+            self.totals["sent_turns"] += len(batch)
+        if force:
+            self._wait_sent()
+
+    def _wait_sent(self) -> None:
+        if self._sending is not None:
+            fut, self._sending = self._sending, None
+            fut.result()  # a replay error surfaces here, in the runner
 
     def _tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
