@@ -114,14 +114,21 @@ def run_episode(
 @ray.remote(num_cpus=1)
 def _collect_chunk(env_id, policy, obs_mode, seed, first, count, tag):
     """Episodes [first, first + count): a table plus its images as PNG (encoded here, in parallel)."""
-    from envs import make_env
+    from envs import EnvCrashed, make_env
     from envs.policies import make_policy
 
     env, pol = make_env(env_id, obs_mode=obs_mode), make_policy(policy)
     turns = []
     for ep in range(first, first + count):
-        rng = np.random.default_rng([seed, ep])
-        turns += run_episode(env, pol, seed + ep, rng, f"{tag}-{ep:07d}", env_id)
+        for attempt in range(3):  # a crashed backend (a browser) is recreated; the episode restarts
+            try:
+                rng = np.random.default_rng([seed, ep])
+                turns += run_episode(env, pol, seed + ep, rng, f"{tag}-{ep:07d}", env_id)
+                break
+            except EnvCrashed:
+                if attempt == 2:
+                    raise
+                env = make_env(env_id, obs_mode=obs_mode)
     env.close()
     table, images = turns_to_table(turns)
     return table, {h: encode_png(img) for h, img in images.items()}
