@@ -1,0 +1,258 @@
+"""Science check: offline AFSFT vs SFT on random-policy NumberLine data (the paper's claim, in small).
+
+NumberLine with obs_mode "both" (image + the state in words): a random-initialised tiny model cannot
+learn to read digits from pixels on a CPU in minutes, so the state is also given as text. 2,000
+random-policy episodes; the tiny VLM on CPU; 3 seeds; AFSFT and SFT train on the same data for the
+same number of steps (SFT is `filter="none"`, the same code); each is evaluated greedily on 200
+held-out episodes (seeds from EvalConfig.seed). Writes benchmarks/results/numberline_offline.json.
+
+    .venv/bin/python benchmarks/numberline_offline.py [--steps N] [--seeds 0 1 2] [--episodes 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from envs import make_env  # noqa: E402
+from envs.policies import make_policy  # noqa: E402
+from learner.processing import encode_prompt  # noqa: E402
+from learner.trainer import Learner  # noqa: E402
+from replay.turn import Turn  # noqa: E402
+from vlmq.config import EvalConfig, LearnerConfig, ModelConfig  # noqa: E402
+from vlmq.tiny_model import build_tiny_model  # noqa: E402
+
+OBS_MODE = "both"
+# Chosen after the diagnosis in docs/learner.md ("NumberLine science check").
+BASE_LEARNER = dict(batch_size=32, lr=1e-3, critic_lr=1e-2, gamma=0.9, tau=0.2)
+BASE_MODEL: dict = {}
+
+
+def collect(episodes: int, seed: int) -> tuple[list[Turn], float]:
+    """Random-policy episodes as replay Turns (text actions; the learner tokenizes them + EOS)."""
+    env, policy, rng = (
+        make_env("numberline", obs_mode=OBS_MODE),
+        make_policy(os.environ.get("BENCH_POLICY", "random")),
+        random.Random(seed),
+    )
+    turns, wins, canon = [], 0, {}
+
+    def shared(imgs):  # one array per distinct image: the game has few states, the data many turns
+        return [canon.setdefault(i.tobytes(), i) for i in imgs]
+
+    for e in range(seed, seed + episodes):
+        obs, _ = env.reset(seed=e)
+        messages, images = env.prompt(obs)
+        images = shared(images)
+        for i in range(10_000):
+            text = policy.act(obs.legal_actions, env.expert_action(), rng, env.format_action)
+            obs, reward, term, trunc, info = env.step(text)
+            nxt, nxt_images = env.prompt(obs)
+            nxt_images = shared(nxt_images)
+            turns.append(
+                Turn(
+                    episode_id=f"ep{e}",
+                    turn_index=i,
+                    env_id="numberline",
+                    seed=e,
+                    messages=messages,
+                    images=images,
+                    action_text=text,
+                    reward=reward,
+                    terminated=term,
+                    truncated=trunc,
+                    success=info["success"],
+                    next_messages=None if term else nxt,
+                    next_images=[] if term else nxt_images,
+                )
+            )
+            messages, images = nxt, nxt_images
+            if term or trunc:
+                wins += info["success"]
+                break
+    return turns, wins / episodes
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, episodes: int, seed: int, max_new_tokens: int = 16) -> dict:
+    """Greedy transformers generation from the learner's model, all episodes in lock step (left-padded)."""
+    model, proc = learner.model.peft, learner.processor
+    tok = proc.tokenizer
+    model.eval()
+    envs = [make_env("numberline", obs_mode=OBS_MODE) for _ in range(episodes)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    live, success, syntax = list(range(episodes)), [False] * episodes, []
+    while live:
+        enc = [encode_prompt(proc, *envs[i].prompt(obs[i])) for i in live]
+        width = max(len(e["input_ids"]) for e in enc)
+        ids = torch.full((len(enc), width), tok.pad_token_id)
+        att = torch.zeros_like(ids)
+        for r, e in enumerate(enc):
+            ids[r, width - len(e["input_ids"]) :] = torch.tensor(e["input_ids"])
+            att[r, width - len(e["input_ids"]) :] = 1
+        images = {k: torch.cat([e[k] for e in enc]) for k in enc[0] if k != "input_ids"}
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            **images,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        still = []
+        for i, text in zip(live, texts):
+            obs[i], _, term, trunc, info = envs[i].step(text)
+            syntax.append(info["syntax_ok"])
+            if term or trunc:
+                success[i] = info["success"]
+            else:
+                still.append(i)
+        live = still
+    return {"success": sum(success) / episodes, "syntax": sum(syntax) / len(syntax)}
+
+
+def sharpen_lm_head(model_dir: str, factor: float) -> None:
+    """Scale the tiny model's (frozen, random) LM head so its policy can become peaked.
+
+    With a frozen LM head of std 0.02 after a frozen RMSNorm (|h| = sqrt(64) = 8), every logit is at
+    most |w_a| |h| = 0.16 * 8 ~ 1.3, so pi can never move far from uniform over the 1,024 tokens: greedy
+    decoding still works (argmax), but V = sum_a pi(a) Q(a) stays the vocabulary mean of Q and the
+    advantage carries no information. A pretrained VLM has peaked logits; this gives the tiny one room.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(factor)
+    model.save_pretrained(model_dir)
+
+
+def train(
+    model_cfg: ModelConfig, turns: list[Turn], cfg: LearnerConfig, steps: int, log_every: int
+) -> Learner:
+    learner = Learner(model_cfg, cfg)
+    rng = random.Random(cfg.seed)
+    for s in range(1, steps + 1):
+        m = learner.step(rng.sample(turns, cfg.batch_size))
+        if s % log_every == 0 or s == steps:
+            keys = ("actor_loss", "critic_loss", "filter_rate", "q", "v", "adv", "td_error")
+            print(
+                f"  [{cfg.filter} seed {cfg.seed}] step {s}: " + " ".join(f"{k} {m[k]:.3f}" for k in keys),
+                flush=True,
+            )
+    return learner
+
+
+def run_one(job: tuple) -> dict:
+    """One (method, seed): train on the shared data, then greedy evaluation on the held-out seeds."""
+    method, seed, model_cfg, base, turns, steps, eval_episodes, threads = job
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **base)
+    learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
+    ev = evaluate(learner, eval_episodes, EvalConfig().seed)
+    print(
+        f"{method} seed {seed}: greedy success {ev['success']:.3f} syntax {ev['syntax']:.3f} "
+        f"({time.time() - t0:.0f} s)",
+        flush=True,
+    )
+    return {"method": method, "seed": seed, **ev}
+
+
+def parse_sets(items: list[str], cls) -> dict:
+    out = {}
+    for item in items:
+        k, v = item.split("=", 1)
+        out[k] = json.loads(v) if v[:1] in "[{" else type(getattr(cls(), k))(v)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--eval-episodes", type=int, default=200)
+    ap.add_argument("--methods", nargs="+", default=["afsft", "sft"])
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (one thread each)")
+    ap.add_argument("--lm-head-scale", type=float, default=16.0, help="see sharpen_lm_head; 1 = as built")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "numberline_offline.json"))
+    ap.add_argument("--set", nargs="*", default=[], help="LearnerConfig overrides, e.g. lr=1e-3")
+    ap.add_argument("--model-set", nargs="*", default=[], help="ModelConfig overrides, e.g. lora_r=16")
+    args = ap.parse_args()
+    t0 = time.time()
+    print(
+        "NumberLine, obs_mode 'both' (image + state in words): a random-init tiny VLM cannot read digits "
+        "from pixels on a CPU in minutes, so the state is also given as text.",
+        flush=True,
+    )
+    base = {**BASE_LEARNER, **parse_sets(args.set, LearnerConfig)}
+    model_kw = {**BASE_MODEL, **parse_sets(args.model_set, ModelConfig)}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_tiny_model(Path(tmp) / "tiny-vlm", seed=0))
+        if args.lm_head_scale != 1.0:
+            sharpen_lm_head(model_dir, args.lm_head_scale)
+        model_cfg = ModelConfig(path=model_dir, **model_kw)
+        turns, random_success = collect(args.episodes, seed=0)
+        print(
+            f"data: {args.episodes} random episodes, {len(turns)} turns, success {random_success:.3f}",
+            flush=True,
+        )
+        rand = collect(args.eval_episodes, seed=EvalConfig().seed)[1]  # random policy, held-out seeds
+        jobs = [
+            (m, seed, model_cfg, base, turns, args.steps, args.eval_episodes, 1)
+            for seed in args.seeds
+            for m in args.methods
+        ]
+        if args.jobs > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(args.jobs) as pool:
+                runs = pool.map(run_one, jobs, chunksize=1)
+        else:
+            runs = [run_one(j[:-1] + (2,)) for j in jobs]
+    results: dict = {m: {"success": [], "syntax": []} for m in args.methods}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        results[r["method"]]["success"].append(r["success"])
+        results[r["method"]]["syntax"].append(r["syntax"])
+    out = {
+        **results,
+        "random_policy": {"success": rand, "train_data_success": random_success},
+        "steps": args.steps,
+        "wall_s": round(time.time() - t0, 1),
+        "config": {
+            "learner": base,
+            "model": model_kw,
+            "lm_head_scale": args.lm_head_scale,
+            "episodes": args.episodes,
+            "turns": len(turns),
+            "eval_episodes": args.eval_episodes,
+            "eval_seed": EvalConfig().seed,
+            "seeds": args.seeds,
+            "jobs": args.jobs,
+            "obs_mode": OBS_MODE,
+        },
+        "note": "obs_mode both: image + state in words (a random-init tiny model cannot read digits from "
+        "pixels on a CPU in minutes); greedy transformers generation on held-out seeds",
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
