@@ -58,6 +58,7 @@ MINIWOB_TASKS = [
 _BID = re.compile(r"\[([A-Za-z0-9]+)\]")
 _LINE = re.compile(r"\[([A-Za-z0-9]+)\]\s+(\w+)\s+'((?:[^'\\]|\\.)*)'")
 _URL = re.compile(r", url='[^']*'")
+_FOLDER = re.compile(r"^(\t*)\[\w+\] generic\n\1\[(\w+)\] generic '([^']*)'", re.M)
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]+)[\"\u201d]")
 
 
@@ -70,7 +71,9 @@ def _compact(tree: str) -> str:
     lines, prev = [], ""
     for line in _URL.sub("", tree).splitlines():
         body = line.strip()
-        if body.startswith("InlineTextBox") or (not body.startswith("[") and body.endswith("''")):
+        if body.startswith("InlineTextBox") or (
+            not body.startswith("[") and body.endswith(("''", "generic"))
+        ):
             continue
         if body.startswith("StaticText "):
             text = body[len("StaticText ") :]
@@ -294,8 +297,11 @@ class MiniWoBEnv(VLMEnv):
             for bid, role, name in elements:
                 if name.lower() == t or (t == "x" and name.lower() == "close") or role == roles.get(t, t):
                     return self._click(bid, target)
-            for bid, _, name in elements:  # hidden: open the next closed tab or section
+            for bid, _, name in elements:  # hidden: open the next closed tab or section ...
                 if "expanded=False" in self._line(bid) and name not in self._clicked_names:
+                    return self._click(bid, name)
+            for _, bid, name in _FOLDER.findall(self.tree):  # ... or tree folder (a name after its icon)
+                if name not in self._clicked_names:
                     return self._click(bid, name)
             return None
         if not targets and "expand" in goal.lower():
