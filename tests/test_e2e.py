@@ -31,7 +31,9 @@ def _free_port() -> int:
 def head():
     """A Ray head of its own (own temp dir and ports), killed by pid afterwards: never `ray stop`."""
     tmp = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: Ray's unix sockets live under it
-    ports = {k: _free_port() for k in ("gcs", "dash", "metrics")}
+    ports = {
+        k: _free_port() for k in ("gcs", "dash", "metrics", "agent", "agent_grpc", "client", "env_agent")
+    }
     env = dict(
         os.environ,
         RAY_AUTH_MODE="disabled",
@@ -43,7 +45,10 @@ def head():
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=8",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dash']}",
-         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={tmp}", "--disable-usage-stats"],
+         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={tmp}", "--disable-usage-stats",
+         # every default port chosen afresh: another Ray on the machine must not break this one
+         f"--dashboard-agent-listen-port={ports['agent']}", f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+         f"--ray-client-server-port={ports['client']}", f"--runtime-env-agent-port={ports['env_agent']}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     address = f"http://127.0.0.1:{ports['dash']}"
@@ -78,24 +83,33 @@ def _submit(head, job_id: str, out_dir: Path, model_dir: Path, *args: str, wait:
         f"model.path={model_dir}",
         *args,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(60):  # a new head's job agent registers a little after its dashboard answers
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in out.stderr:
+            return out
+        time.sleep(2)
+    return out
 
 
-def _job(head, job_id: str, what: str = "status") -> str:
-    out = subprocess.run(
-        [str(BIN / "ray"), "job", what, "--address", head["address"], job_id],
-        env=head["env"], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    return out.stdout + out.stderr
+def _client(head):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(head["address"])
 
 
-def _wait_status(head, job_id: str, timeout: float = 900) -> str:
+def _status(head, job_id: str) -> str:
+    return str(_client(head).get_job_status(job_id).value)
+
+
+def _wait_status(head, job_id: str, timeout: float = 900, poll=None) -> str:
+    """Wait for a terminal status, calling `poll()` in between (e.g. to watch the metrics port)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = _job(head, job_id)
-        for s in ("SUCCEEDED", "FAILED", "STOPPED"):
-            if f"status: {s}" in status or f"'{s}'" in status or s in status.split():
-                return s
+        status = _status(head, job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        if poll is not None:
+            poll()
         time.sleep(2)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
 
@@ -115,20 +129,20 @@ def test_job_submit_end_to_end(head, tiny_vlm_dir, tmp_path):
     job = "vlmq-e2e"
     out = _submit(head, job, tmp_path, tiny_vlm_dir)
     assert out.returncode == 0, out.stdout + out.stderr
-    metrics_seen, deadline = False, time.time() + 900
-    while time.time() < deadline:
-        if not metrics_seen:
+    seen = {"metrics": False}
+
+    def watch_metrics():
+        if not seen["metrics"]:
             try:
                 page = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=5).read()
-                metrics_seen = b"ray_vlmq_updates_total" in page and b"ray_vlmq_env_steps" in page
+                seen["metrics"] = b"ray_vlmq_updates_total" in page and b"ray_vlmq_env_steps" in page
             except OSError:
                 pass
-        status = _job(head, job)
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-            break
-        time.sleep(2)
-    logs = _job(head, job, "logs")
-    assert "SUCCEEDED" in _job(head, job), logs[-3000:]
+
+    status = _wait_status(head, job, poll=watch_metrics)
+    logs = _client(head).get_job_logs(job)
+    assert status == "SUCCEEDED", logs[-3000:]
+    metrics_seen = seen["metrics"]
     if not metrics_seen:  # the export lags by ~10 s; the job may end first
         time.sleep(15)
         page = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=5).read()
@@ -145,7 +159,7 @@ def test_job_submit_end_to_end(head, tiny_vlm_dir, tmp_path):
     versions = _online_versions(run / "replay")
     served = {v for v in versions if int(v) > 0}
     assert served, f"no online turns with a policy version > 0: {versions}"
-    assert len(served) >= 2 or results["lora_versions"] >= 2
+    assert len(served) >= 2, f"online turns came from fewer than 2 LoRA versions: {versions}"
     assert logs.count("[eval") == 3 and "refused" not in logs
     for png in ("collection.png", "learning.png"):
         assert (run / png).stat().st_size > 0
@@ -153,19 +167,19 @@ def test_job_submit_end_to_end(head, tiny_vlm_dir, tmp_path):
 
 def test_resume_continues_from_checkpoint(head, tiny_vlm_dir, tmp_path):
     job = "vlmq-resume-1"
-    longer = ["learner.online_steps=400", "learner.checkpoint_every=6", "eval.episodes=4"]
+    longer = ["learner.online_steps=400", "learner.checkpoint_every=5", "eval.episodes=4"]
     assert _submit(head, job, tmp_path, tiny_vlm_dir, *longer).returncode == 0
     ckpts = tmp_path / "smoke" / "checkpoints"
     deadline = time.time() + 600
     while time.time() < deadline:  # stop after a checkpoint taken in the online phase
         latest = (ckpts / "latest").read_text().strip() if (ckpts / "latest").exists() else ""
-        if latest and int(latest.split("_")[1]) >= 6:
+        if latest and int(latest.split("_")[1]) >= 10:  # 6 online updates: >= 60 turns, whole episodes
             break
-        assert "FAILED" not in _job(head, job), _job(head, job, "logs")[-3000:]
+        assert _status(head, job) not in ("FAILED", "STOPPED"), _client(head).get_job_logs(job)[-3000:]
         time.sleep(1)
     else:
         pytest.fail("no online checkpoint within 600 s")
-    _job(head, job, "stop")
+    _client(head).stop_job(job)
     assert _wait_status(head, job) == "STOPPED"
     time.sleep(3)
     step = int((ckpts / "latest").read_text().strip().split("_")[1])
@@ -173,10 +187,10 @@ def test_resume_continues_from_checkpoint(head, tiny_vlm_dir, tmp_path):
     assert sum(before.values()) > 0
 
     job2 = "vlmq-resume-2"
-    short = ["learner.online_steps=16", "learner.checkpoint_every=6", "eval.episodes=4", "--resume"]
+    short = ["learner.online_steps=16", "learner.checkpoint_every=5", "eval.episodes=4", "--resume"]
     out = _submit(head, job2, tmp_path, tiny_vlm_dir, *short, wait=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    logs = _job(head, job2, "logs")
+    logs = _client(head).get_job_logs(job2)
     assert f"resumed from step_{step:07d}: update {step}" in logs
     assert "[eval before]" not in logs  # the earlier job did it; a resume continues, not restarts
     results = json.loads((tmp_path / "smoke" / "results.json").read_text())
