@@ -81,12 +81,15 @@ class VersionedSampler:
     """The sampler's logic without Ray: version bookkeeping, probe verification, restart state.
 
     `state_dir` (optional) keeps the newest verified adapter (tar bytes + probe, one pickle) so that a
-    sampler restarted by Ray reloads it. Use a path on the sampler's node, or a shared mount on a
+    sampler restarted by Ray reloads it (`restore`; the actor restores only when Ray reconstructed it,
+    so a new job never inherits an old run's version). Use a path on the sampler's node, or a shared mount on a
     multi-node cluster where a restart may land elsewhere; without it a restarted sampler serves the
     base model until the learner's next push.
     """
 
-    def __init__(self, backend: Any, cfg: SamplerConfig, state_dir: str | Path | None = None):
+    def __init__(
+        self, backend: Any, cfg: SamplerConfig, state_dir: str | Path | None = None, restore: bool = True
+    ):
         if cfg.resident_versions < 1:
             raise ValueError(f"sampler.resident_versions must be >= 1, got {cfg.resident_versions}")
         self.backend = backend
@@ -97,7 +100,7 @@ class VersionedSampler:
         self._tmp = Path(tempfile.mkdtemp(prefix="vlmq-adapters-"))
         self._lock = threading.RLock()  # one backend call at a time (generate vs load)
         self.state_file = Path(state_dir) / "newest_adapter.pkl" if state_dir else None
-        if self.state_file is not None and self.state_file.exists():
+        if restore and self.state_file is not None and self.state_file.exists():
             saved = pickle.loads(self.state_file.read_bytes())
             if self.load_adapter(saved["version"], saved["adapter"], saved["probe"], persist=False):
                 self.stats.restored_version = saved["version"]
@@ -255,11 +258,13 @@ class Sampler:
         from ray.util import metrics
 
         self.cfg = cfg
-        self.core = VersionedSampler(backend or make_backend(cfg, model, seed), cfg, state_dir)
-        self.started = time.time()
         with warnings.catch_warnings():  # Ray warns about its own internals here
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.core = VersionedSampler(
+            backend or make_backend(cfg, model, seed), cfg, state_dir, self.restarted
+        )
+        self.started = time.time()
         self._queue: queue.Queue = queue.Queue()
         self._m_fail = metrics.Counter("vlmq_sampler_sync_failures", "LoRA pushes refused by the probe check")
         self._m_sync = metrics.Histogram(

@@ -81,11 +81,14 @@ def scripted_turns_per_s(runners: int, turns: int, root: str) -> float:
     return (sum(s["turns"] for s in stats) - 50 * runners) / dt
 
 
-def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> dict:
+def pipeline_and_push(model_dir: Path, rounds: int, backend: str, work: Path) -> dict:
     cfg = RunConfig()
     cfg.model.path = str(model_dir)
     cfg.sampler.backend = backend
     cfg.runner.envs_per_runner = 8
+    # batches of exactly one group (4) in both measurements: the sampler never merges the runner's two
+    # groups into one bigger (cheaper per turn) batch, so the ratio compares like with like
+    cfg.sampler.max_batch = cfg.runner.envs_per_runner // cfg.runner.pipeline_groups
     sampler = Sampler.remote(cfg.sampler, cfg.model, None, 0)
     ray.get(sampler.ping.remote())
     out: dict = {"backend": backend}
@@ -127,26 +130,33 @@ def pipeline_and_push(model_dir: Path, turns: int, backend: str, work: Path) -> 
         for r in runners.values():
             ray.get(r.run.remote(16))  # warm up
         sampler_window(4)
-        rounds, per_round = 4, max(16, turns // 4)
-        tally = {k: [0, 0.0] for k in ("sampler", "replay", "no_replay")}
-        for _ in range(rounds):
-            for key, r in runners.items():
-                for k, (n, dt) in (
-                    ("sampler", sampler_window(per_round // group)),
-                    (key, runner_window(r, per_round)),
-                ):
-                    tally[k][0] += n
-                    tally[k][1] += dt
-        tps = {k: n / dt for k, (n, dt) in tally.items()}
+        # windows S R S R' S R S R' ... S: each runner window is compared with the sampler windows
+        # on either side of it; the median over windows resists the load spikes of a shared machine
+        per_window = 64
+        seq = ["replay", "no_replay"] * rounds
+        samp = [sampler_window(per_window // group)]
+        runs = []
+        for key in seq:
+            runs.append((key, runner_window(runners[key], per_window)))
+            samp.append(sampler_window(per_window // group))
+        stps = [n / dt for n, dt in samp]
+        ratios = {"replay": [], "no_replay": []}
+        for i, (key, (n, dt)) in enumerate(runs):
+            ratios[key].append((n / dt) / ((stps[i] + stps[i + 1]) / 2))
         for key, r in runners.items():
             out[f"runner_wait_fraction_{key}"] = ray.get(r.stats.remote())["wait_fraction"]
             ray.kill(r)
+        tps = {
+            k: sum(n for kk, (n, _) in runs if kk == k) / sum(dt for kk, (_, dt) in runs if kk == k)
+            for k in ratios
+        }
         out.update(
             runner_turns_per_s=tps["replay"],
             runner_no_replay_turns_per_s=tps["no_replay"],
-            sampler_turns_per_s=tps["sampler"],
-            pipeline_ratio=tps["replay"] / tps["sampler"],
-            pipeline_ratio_no_replay=tps["no_replay"] / tps["sampler"],
+            sampler_turns_per_s=sum(n for n, _ in samp) / sum(dt for _, dt in samp),
+            pipeline_ratio=statistics.median(ratios["replay"]),
+            pipeline_ratio_no_replay=statistics.median(ratios["no_replay"]),
+            pipeline_ratios_per_window=ratios,
         )
 
     # LoRA pushes: bytes in, verified, then served
@@ -180,7 +190,7 @@ def main() -> None:
     ap.add_argument("--vllm", action="store_true", help="also time LoRA pushes on the vLLM backend")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    n_scripted, n_hf = (300, 32) if args.quick else (3000, 320)
+    n_scripted, rounds = (300, 1) if args.quick else (3000, 4)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     from vlmq.tiny_model import build_tiny_model
 
@@ -193,14 +203,14 @@ def main() -> None:
             )
             print("scripted", m, result["scripted"]["turns_per_s"][str(m)], flush=True)
         model_dir = build_tiny_model(work / "tiny-vlm", arch="idefics3", seed=0)
-        hf = pipeline_and_push(model_dir, n_hf, "hf", work)
+        hf = pipeline_and_push(model_dir, rounds, "hf", work)
         print("hf", hf, flush=True)
         result["pipeline_ratio"] = hf["pipeline_ratio"]
         result["lora_push_s"], result["lora_push_backend"] = hf["lora_push_s"], "hf"
         result["details"] = {"hf": hf}
         if args.vllm:
             try:
-                vl = pipeline_and_push(model_dir, n_hf, "vllm", work)
+                vl = pipeline_and_push(model_dir, rounds, "vllm", work)
                 print("vllm", vl, flush=True)
                 result["details"]["vllm"] = vl
                 result["lora_push_s"], result["lora_push_backend"] = vl["lora_push_s"], "vllm"
