@@ -38,8 +38,13 @@ lint: setup
 bench: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The embedded default: local Ray, tiny offline VLM, NumberLine. Each run gets a new directory, so an
+# earlier run is never overwritten; its results also land in benchmarks/results/run_numberline.json.
+RUN_NAME := numberline-$(shell date +%Y%m%d-%H%M%S)
 run: setup
-	$(PY) -m vlmq.cli train --config configs/numberline.yaml
+	$(PY) -m vlmq.cli train --config configs/numberline.yaml name=$(RUN_NAME)
+	cp runs/$(RUN_NAME)/results.json benchmarks/results/run_numberline.json
+	@echo "results: runs/$(RUN_NAME)/ (results.json, collection.png, learning.png, tensorboard/)"
 
 clean:
 	rm -rf .venv runs .pytest_cache

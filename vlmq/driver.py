@@ -89,6 +89,12 @@ class Driver:
         _init_ray()
         self.monitor = Monitor(self.run_dir, cfg.name)
         self._ensure_model()
+        if cfg.env.obs_mode == "both":
+            print(
+                "obs_mode=both: every prompt has the image and the state in words (a random-initialised "
+                "tiny model cannot learn to read digits from pixels on a CPU in minutes)",
+                flush=True,
+            )
         self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
         self._ensure_offline_data()
         self.learner = LearnerGroup(cfg.model, cfg.learner)
