@@ -246,3 +246,14 @@ def test_sampler_actor_micro_batches_concurrent_callers(ray_local):
     st = ray.get(sampler.stats.remote())
     assert st["requests"] == 18 and st["batches"] < 6  # several callers served by one backend call
     assert ray.get(sampler.generate.remote([])) == []
+
+
+def test_a_fresh_sampler_actor_ignores_an_old_runs_state(ray_local, tmp_path):
+    from actors.scripted_backend import ScriptedBackend
+
+    cfg = SamplerConfig(backend="scripted")
+    old = VersionedSampler(ScriptedBackend(), cfg, state_dir=tmp_path)
+    assert old.load_adapter(7, pack(_adapter(tmp_path, 3))) and (tmp_path / "newest_adapter.pkl").exists()
+    # a new job's sampler starts at the base model; only a Ray restart of the same actor restores
+    fresh = Sampler.remote(cfg, ModelConfig(path="/nonexistent"), str(tmp_path), 0, ScriptedBackend())
+    assert ray.get(fresh.version.remote()) == 0 and not ray.get(fresh.stats.remote())["restarted"]
