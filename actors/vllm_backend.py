@@ -53,6 +53,12 @@ class VLLMBackend:
 
         self.processor = load_processor(model_path, text_only=text_only)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        # As in the hf backend: special tokens other than EOS (an <image> placeholder above all) are never
+        # sampled, since one in an output would break every later forward pass over that turn. The bias
+        # acts on sampling only; the reported log-probs stay the model's own.
+        tok = self.tokenizer
+        special = {i for i, t in tok.added_tokens_decoder.items() if t.special} | set(tok.all_special_ids)
+        self.suppress = {i: -100.0 for i in sorted(special - {tok.eos_token_id})}
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -113,7 +119,13 @@ class VLLMBackend:
         lora = self._lora(version)
         prompts = [self._prompt(r.messages, r.images) for r in requests]
         params = [
-            SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, logprobs=0) for r in requests
+            SamplingParams(
+                temperature=r.temperature,
+                max_tokens=r.max_tokens,
+                logprobs=0,
+                logit_bias=self.suppress or None,
+            )
+            for r in requests
         ]
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         completions = []

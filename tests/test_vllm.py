@@ -85,6 +85,7 @@ def test_vllm_matches_transformers_on_an_image_prompt(vllm_backend, tiny_vlm_dir
     ids = torch.tensor([greedy.prompt_ids + greedy.gen_ids])
     with torch.no_grad():
         lp = model(input_ids=ids, **extra).logits[0].log_softmax(-1)
+    lp[:, list(vllm_backend.suppress)] = -float("inf")  # special tokens other than EOS are never sampled
     n = len(greedy.prompt_ids)
     for i, t in enumerate(greedy.gen_ids):
         assert lp[n - 1 + i, t] >= lp[n - 1 + i].max() - TOL
@@ -92,6 +93,14 @@ def test_vllm_matches_transformers_on_an_image_prompt(vllm_backend, tiny_vlm_dir
     # Another image changes what vLLM scores: the image reaches the model.
     other = vllm_backend.score(PROMPT, [_image(1)], sampled.gen_ids, 0)
     assert _maxdiff(other, sampled.logprobs) > 1e-6
+
+
+def test_vllm_never_samples_special_tokens_but_eos(vllm_backend):
+    """An <image> placeholder in an output would break every later forward pass over that turn."""
+    hot = [Request(PROMPT, [_image(i)], [], temperature=2.0, max_tokens=32) for i in range(16)]
+    sampled = [t for c in vllm_backend.generate(hot, version=0) for t in c.gen_ids]
+    assert len(sampled) >= 64 and vllm_backend.suppress
+    assert not set(sampled) & set(vllm_backend.suppress)
 
 
 def test_vllm_text_prompt_without_image(vllm_backend, tiny_vlm_dir):
