@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from learner.batch import PromptCache, Prompts, build_batch, encode_prompt
+from learner.batch import PromptCache, build_batch, encode_prompt
 from learner.losses import vlmq_losses
 from learner.model import DualHeadModel
 from learner.processing import load_processor
@@ -77,9 +77,6 @@ class Learner:
         on = self.device.type == "cuda" and self.cfg.bf16
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
-    def _prompt_pass(self, p: Prompts, positions: torch.Tensor):
-        return self.model(p.input_ids, p.attention_mask, p.images, positions)
-
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
             dist.all_reduce(t)
@@ -92,12 +89,13 @@ class Learner:
         B = batch.actions.shape[0]
         next_v = torch.zeros(B, device=self.device)
         with self._autocast():
-            if batch.next_prompts is not None and self.cfg.critic_coef > 0:
+            if batch.next_prompts is not None and self.cfg.critic_coef > 0:  # bootstrap values, no grad
                 p = batch.next_prompts
                 next_v[batch.next_rows] = self.model.target_value(
                     p.input_ids, p.attention_mask, p.images, p.last
                 ).float()
-            logits, q, q_target = self._prompt_pass(batch.seqs, batch.positions)
+            s = batch.seqs  # one backbone pass feeds the LM head, the critics and the target heads
+            logits, q, q_target = self.model(s.input_ids, s.attention_mask, s.images, batch.positions)
         denom = self._all_reduce(batch.mask.sum()).clamp(min=1.0)
         loss, metrics = vlmq_losses(
             logits,
