@@ -189,7 +189,12 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=200)
     ap.add_argument("--methods", nargs="+", default=["afsft", "sft"])
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (one thread each)")
-    ap.add_argument("--lm-head-scale", type=float, default=16.0, help="see sharpen_lm_head; 1 = as built")
+    ap.add_argument(
+        "--lm-head-scale",
+        type=float,
+        default=1.0,
+        help="extra LM-head scale (build_tiny_model already scales it 16x)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "numberline_offline.json"))
     ap.add_argument("--set", nargs="*", default=[], help="LearnerConfig overrides, e.g. lr=1e-3")
     ap.add_argument("--model-set", nargs="*", default=[], help="ModelConfig overrides, e.g. lora_r=16")

@@ -45,10 +45,15 @@ class Monitor:
         self.run_dir = Path(run_dir)
         self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         tags = {"run": run_name}
-        self.gauges = {k: Gauge(f"vlmq_{k}", description=d, tag_keys=("run", "partition")) for k, d in _GAUGES.items()}
-        self.counters = {k: Counter(f"vlmq_{k}", description=d, tag_keys=("run",)) for k, d in _COUNTERS.items()}
+        self.gauges = {
+            k: Gauge(f"vlmq_{k}", description=d, tag_keys=("run", "partition")) for k, d in _GAUGES.items()
+        }
+        self.counters = {
+            k: Counter(f"vlmq_{k}", description=d, tag_keys=("run",)) for k, d in _COUNTERS.items()
+        }
         self.hists = {
-            k: Histogram(f"vlmq_{k}", description=d, boundaries=b, tag_keys=("run",)) for k, (d, b) in _HISTOGRAMS.items()
+            k: Histogram(f"vlmq_{k}", description=d, boundaries=b, tag_keys=("run",))
+            for k, (d, b) in _HISTOGRAMS.items()
         }
         for m in [*self.gauges.values(), *self.counters.values(), *self.hists.values()]:
             m.set_default_tags(tags)

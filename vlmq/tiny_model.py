@@ -89,6 +89,9 @@ def _text_config(tokenizer, **extra):
     )
 
 
+LM_HEAD_SCALE = 16.0
+
+
 def build_tiny_model(out: str | Path, arch: str = "idefics3", seed: int = 0) -> Path:
     """Write a tiny float32 model plus its processor (tokenizer, chat template, image processor) to `out`."""
     if arch not in ("idefics3", "text"):
@@ -143,5 +146,10 @@ def build_tiny_model(out: str | Path, arch: str = "idefics3", seed: int = 0) -> 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    # A random LM head of std 0.02 behind RMSNorm (|h| = 8) caps every logit near +-1.3, so pi stays
+    # almost uniform whatever LoRA does and V = sum_a pi Q carries no information (docs/learner.md).
+    # A pretrained model has peaked logits; a 16x head gives the tiny one the same room.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(LM_HEAD_SCALE)
     model.to(torch.float32).save_pretrained(out)
     return out
