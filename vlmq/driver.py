@@ -205,9 +205,9 @@ class Driver:
         m = self.learner.step(turns)
         self.state.updates += 1
         self.monitor.count("updates", 1)
-        for k in ("actor_loss", "critic_loss", "filter_acceptance"):
-            if k in m:
-                self.monitor.gauge(k, m[k])
+        self.monitor.gauge("actor_loss", m["actor_loss"])
+        self.monitor.gauge("critic_loss", m["critic_loss"])
+        self.monitor.gauge("filter_acceptance", m["filter_rate"])
         self.monitor.log("updates", self.state.updates, m)
         if self.state.updates % cfg.checkpoint_every == 0:
             self.checkpoint()
@@ -262,7 +262,7 @@ class Driver:
             m = self.update(1.0)
             self.monitor.line(
                 f"[offline] update {self.state.updates}/{cfg.offline_steps} actor {m['actor_loss']:.3f} "
-                f"critic {m['critic_loss']:.4f} accept {m.get('filter_acceptance', 1.0):.2f}"
+                f"critic {m['critic_loss']:.4f} accept {m['filter_rate']:.2f}"
             )
 
     def online_phase(self) -> None:

@@ -103,7 +103,7 @@ class Monitor:
 
         panels = [
             ("collection", ["success", "return", "syntax_accuracy"], "env steps", "collection.png"),
-            ("updates", ["actor_loss", "critic_loss", "filter_acceptance"], "updates", "learning.png"),
+            ("updates", ["actor_loss", "critic_loss", "filter_rate"], "updates", "learning.png"),
         ]
         for kind, keys, xlabel, fname in panels:
             rows = self.history[kind]
