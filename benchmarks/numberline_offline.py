@@ -30,6 +30,7 @@ from envs import make_env  # noqa: E402
 from envs.policies import make_policy  # noqa: E402
 from learner.processing import encode_prompt  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
+from replay.datasets import run_episode  # noqa: E402
 from replay.turn import Turn  # noqa: E402
 from vlmq.config import EvalConfig, LearnerConfig, ModelConfig  # noqa: E402
 from vlmq.tiny_model import build_tiny_model  # noqa: E402
@@ -47,42 +48,17 @@ def collect(episodes: int, seed: int) -> tuple[list[Turn], float]:
         make_policy(os.environ.get("BENCH_POLICY", "random")),
         random.Random(seed),
     )
-    turns, wins, canon = [], 0, {}
-
-    def shared(imgs):  # one array per distinct image: the game has few states, the data many turns
-        return [canon.setdefault(i.tobytes(), i) for i in imgs]
-
-    for e in range(seed, seed + episodes):
-        obs, _ = env.reset(seed=e)
-        messages, images = env.prompt(obs)
-        images = shared(images)
-        for i in range(10_000):
-            text = policy.act(obs.legal_actions, env.expert_action(), rng, env.format_action)
-            obs, reward, term, trunc, info = env.step(text)
-            nxt, nxt_images = env.prompt(obs)
-            nxt_images = shared(nxt_images)
-            turns.append(
-                Turn(
-                    episode_id=f"ep{e}",
-                    turn_index=i,
-                    env_id="numberline",
-                    seed=e,
-                    messages=messages,
-                    images=images,
-                    action_text=text,
-                    reward=reward,
-                    terminated=term,
-                    truncated=trunc,
-                    success=info["success"],
-                    next_messages=None if term else nxt,
-                    next_images=[] if term else nxt_images,
-                )
-            )
-            messages, images = nxt, nxt_images
-            if term or trunc:
-                wins += info["success"]
-                break
-    return turns, wins / episodes
+    episodes_ = [
+        run_episode(env, policy, e, rng, f"ep{e}", "numberline") for e in range(seed, seed + episodes)
+    ]
+    canon: dict[
+        bytes, object
+    ] = {}  # one array per distinct image: the game has few states, the data many turns
+    for t in (t for ep in episodes_ for t in ep):
+        t.images = [canon.setdefault(i.tobytes(), i) for i in t.images]
+        t.next_images = [canon.setdefault(i.tobytes(), i) for i in t.next_images]
+    wins = sum(ep[-1].success for ep in episodes_)
+    return [t for ep in episodes_ for t in ep], wins / episodes
 
 
 @torch.no_grad()

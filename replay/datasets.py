@@ -74,10 +74,9 @@ class DatasetWriter:
             json.dump(meta, f, indent=2)
 
 
-def run_episode(
-    env, policy, env_seed: int, rng: np.random.Generator, episode_id: str, env_id: str
-) -> list[Turn]:
-    """One episode of a text policy; each turn carries the next prompt unless it terminated."""
+def run_episode(env, policy, env_seed: int, rng, episode_id: str, env_id: str) -> list[Turn]:
+    """One episode of a text policy (rng: anything with .random()); each turn carries the next prompt
+    unless it terminated."""
     obs, _ = env.reset(seed=env_seed)
     messages, images = env.prompt(obs)
     turns: list[Turn] = []

@@ -17,38 +17,14 @@ def numberline_turns(n_episodes: int, seed: int = 0, obs_mode: str = "both") -> 
     """Random-policy NumberLine turns, the shape the replay hands the learner (gen_ids None: text data)."""
     from envs import make_env
     from envs.policies import make_policy
-    from replay.turn import Turn
+    from replay.datasets import run_episode
 
     env, policy, rng = make_env("numberline", obs_mode=obs_mode), make_policy("random"), random.Random(seed)
-    turns = []
-    for e in range(seed, seed + n_episodes):
-        obs, _ = env.reset(seed=e)
-        messages, images = env.prompt(obs)
-        for i in range(100):
-            text = policy.act(obs.legal_actions, env.expert_action(), rng, env.format_action)
-            obs, reward, term, trunc, info = env.step(text)
-            next_messages, next_images = env.prompt(obs)
-            turns.append(
-                Turn(
-                    episode_id=f"ep{e}",
-                    turn_index=i,
-                    env_id="numberline",
-                    seed=e,
-                    messages=messages,
-                    images=images,
-                    action_text=text,
-                    reward=reward,
-                    terminated=term,
-                    truncated=trunc,
-                    success=info["success"],
-                    next_messages=None if term else next_messages,
-                    next_images=[] if term else next_images,
-                )
-            )
-            messages, images = next_messages, next_images
-            if term or trunc:
-                break
-    return turns
+    return [
+        t
+        for e in range(seed, seed + n_episodes)
+        for t in run_episode(env, policy, e, rng, f"ep{e}", "numberline")
+    ]
 
 
 @pytest.fixture(scope="module")
