@@ -277,14 +277,13 @@ class Driver:
         try:
             while self.state.updates < end:
                 stats = ray.get([r.stats.remote() for r in self.runners])
-                done = [ref for ref in runs if ray.wait([ref], timeout=0)[1] == []]
-                if done:
-                    ray.get(done)  # a runner that died raises here, with its error
+                finished, _ = ray.wait(runs, num_returns=len(runs), timeout=0)
+                ray.get(finished)  # run(None) only returns on stop(): a runner that died raises here
                 turns = sum(s["turns"] for s in stats)
                 self.state.env_steps = base_steps + turns
                 allowed = cfg.max_updates_per_turn * turns
                 if self.state.updates - cfg.offline_steps >= allowed:
-                    time.sleep(0.05)
+                    time.sleep(0.2)  # waiting for turns: no need to poll the runners faster
                 else:
                     last = self.update(self._offline_fraction(self.state.updates - cfg.offline_steps))
                     if (self.state.updates - cfg.offline_steps) % cfg.publish_every == 0:
@@ -334,13 +333,12 @@ class Driver:
 
     def summary(self, wall_s: float) -> dict:
         s = self.state
-        online_steps = s.env_steps
         results = {
             "success_before": s.evals.get("before", float("nan")),
             "success_offline": s.evals.get("offline", float("nan")),
             "success_final": s.evals.get("final", float("nan")),
-            "env_steps": online_steps,
-            "env_steps_per_s": online_steps / s.online_s if s.online_s else 0.0,
+            "env_steps": s.env_steps,
+            "env_steps_per_s": s.env_steps / s.online_s if s.online_s else 0.0,
             "lora_versions": s.version,
             "sync_s_median": statistics.median(s.sync_s) if s.sync_s else float("nan"),
             "updates": s.updates,
