@@ -2,10 +2,12 @@
 
 - add_turns_per_s: what the shards absorb. Image-less turns (200 prompt ids, 24 generated ids and
   log-probs, a ~600-char prompt) in batches of 1,000, already converted to Arrow (EnvRunners do
-  that in parallel), sent by 2 concurrent writer tasks to the shards of their episodes; default
-  flush bound (flush_turns=256), so every batch is also written to disk.
+  that in parallel), sent by 2 concurrent writer actors to the shards of their episodes; default
+  flush bound (flush_turns=256), so every batch is also written to disk. The writers build their
+  batches first; the clock runs from the driver's call that starts both writers' add loops until
+  both have returned (each add waits for the shard's reply, i.e. for its flush).
 - client_add_turns_per_s: the same through ReplayClient.add, i.e. including validation and
-  conversion in the 2 writer processes.
+  conversion in the 2 writer processes (the Turn objects are built before the clock starts).
 - *_per_shard_cpu_s: the same turns divided by the CPU seconds the shard processes used, i.e. the
   rate of a shard with a core to itself; on a shared, oversubscribed machine (see
   setup.load_average_1min) wall-clock rates understate that.
@@ -79,19 +81,23 @@ def batch(prefix: str, n: int) -> list[Turn]:
 
 
 @ray.remote(num_cpus=0)
-def writer(client, prefix: str, batches: int, size: int, preconverted: bool) -> float:
-    """Adds `batches` batches; with `preconverted`, what ReplayClient.add sends (Arrow IPC bytes
-    and images per shard) is built before the clock starts, as EnvRunners do it in parallel."""
-    data = [batch(f"{prefix}-{b}", size) for b in range(batches)]
-    if preconverted:
-        data = [converted(turns, client.shards) for turns in data]
-    t0 = time.perf_counter()
-    for item in data:
+class Writer:
+    """Builds its batches in `prepare` (before the clock starts; with `preconverted` also what
+    ReplayClient.add sends, Arrow IPC bytes and images per shard, as EnvRunners do it in parallel),
+    then `run` only adds them."""
+
+    def prepare(self, client, prefix: str, batches: int, size: int, preconverted: bool) -> None:
+        self.client, self.preconverted = client, preconverted
+        self.data = [batch(f"{prefix}-{b}", size) for b in range(batches)]
         if preconverted:
-            ray.get([shard.add.remote(rows, images) for shard, rows, images in item])
-        else:
-            client.add(item)
-    return time.perf_counter() - t0
+            self.data = [converted(turns, client.shards) for turns in self.data]
+
+    def run(self) -> None:
+        for item in self.data:
+            if self.preconverted:
+                ray.get([shard.add.remote(rows, images) for shard, rows, images in item])
+            else:
+                self.client.add(item)
 
 
 def converted(turns: list[Turn], shards: list) -> list[tuple]:
@@ -119,9 +125,13 @@ def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
     per_writer = max(1, turns // (writers * size))
     rates = {}
     for key, pre in (("add_turns_per_s", True), ("client_add_turns_per_s", False)):
+        ws = [Writer.remote() for _ in range(writers)]
+        ray.get([w.prepare.remote(client, f"{key}{i}", per_writer, size, pre) for i, w in enumerate(ws)])
         cpu, t0 = shard_cpu(client), time.perf_counter()
-        ray.get([writer.remote(client, f"{key}{w}", per_writer, size, pre) for w in range(writers)])
+        ray.get([w.run.remote() for w in ws])
         rates[key] = round(writers * per_writer * size / (time.perf_counter() - t0))
+        for w in ws:
+            ray.kill(w)
         if pre:
             rates["add_turns_per_shard_cpu_s"] = round(
                 writers * per_writer * size / (shard_cpu(client) - cpu)
