@@ -55,6 +55,7 @@ class Learner:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.steps = 0
+        self.sft_cfg = dataclasses.replace(cfg, filter="none")
         self.prompt_cache = PromptCache()
 
     def init_distributed(self, rank: int, world_size: int, init_method: str) -> None:
@@ -107,7 +108,7 @@ class Learner:
             batch.rewards,
             batch.discounts,
             next_v,
-            self.cfg,
+            self.cfg if self.steps >= self.cfg.sft_warmup_steps else self.sft_cfg,
             denom=denom,
         )
         self.optimizer.zero_grad(set_to_none=False)

@@ -112,6 +112,19 @@ def test_sft_flag_skips_nothing_but_the_filter(model_cfg, turns):
 
 
 @pytest.mark.slow
+def test_sft_warmup_is_sft_then_the_filter(model_cfg, turns):
+    """sft_warmup_steps=1: the first update is exactly the SFT update, the second filters again."""
+    warm = make_learner(model_cfg, filter="binary", sft_warmup_steps=1)
+    sft = make_learner(model_cfg, filter="none")
+    binary = make_learner(model_cfg, filter="binary")
+    first = [learner.step(turns[:8]) for learner in (warm, sft, binary)]
+    assert first[0] == first[1]
+    assert first[2]["filter_rate"] < 1.0  # so the binary filter does drop tokens on this batch
+    second = warm.step(turns[8:16])
+    assert second["filter_rate"] < 1.0
+
+
+@pytest.mark.slow
 def test_resume_continues_exactly(model_cfg, turns, tmp_path):
     batches = [turns[i * 8 : (i + 1) * 8] for i in range(4)]
     kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, tau=0.2)

@@ -79,6 +79,10 @@ class LearnerConfig:
     reward_scale: float = 1.0  # the replay stores raw rewards; the learner scales them
     filter: Literal["binary", "exp", "none"] = "binary"  # "none" is plain SFT (w = 1)
     threshold: float = 0.0
+    # The actor trains as SFT (w = 1) for this many first updates while the critic learns: a model
+    # that cannot yet write the output format (the tiny random one) would otherwise have its
+    # end-of-turn tokens filtered and V leak onto untrained tokens (docs/learner.md).
+    sft_warmup_steps: int = 0
     beta: float = 1.0
     w_max: float = 20.0
     offline_steps: int = 500
