@@ -39,17 +39,18 @@ from vlmq.tiny_model import build_tiny_model  # noqa: E402
 
 OBS_MODE = "both"
 # Chosen after the diagnosis in docs/learner.md ("NumberLine science check"): LoRA on the MLPs too
-# (the critic must combine the move with the two digits), the critic loss weighted up (else the
-# actor's gradient drowns it in the shared LoRA), 600 SFT updates while the critic learns, a filter
-# that keeps tokens the critic cannot tell from the average, and gamma 0 (see the doc for 0.9).
+# (the critic must combine the move with the two digits), the critic loss weighted up and batches of
+# 128 (else the actor's noise on random moves drowns the critic's signal in the shared LoRA), 400 SFT
+# updates while the critic learns, a filter that keeps tokens the critic cannot tell from the
+# average, and gamma 0 (see the doc for 0.9).
 BASE_LEARNER = dict(
-    batch_size=32,
+    batch_size=128,
     lr=3e-3,
     critic_lr=1e-2,
     gamma=0.0,
     tau=0.2,
     critic_coef=30.0,
-    sft_warmup_steps=600,
+    sft_warmup_steps=400,
     threshold=-0.3,
 )
 BASE_MODEL: dict = dict(
@@ -181,6 +182,10 @@ def run_one(job: tuple) -> dict:
     torch.set_num_threads(threads)
     t0 = time.time()
     cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **base)
+    if (
+        method == "sft_plain"
+    ):  # SFT without the critic loss: the paper's baseline, nothing shapes the LoRA but SFT
+        cfg.critic_coef = 0.0
     learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
     ev = evaluate(learner, eval_episodes, EvalConfig().seed)
     ev.update(critic_probe(learner, eval_episodes, EvalConfig().seed))
@@ -202,11 +207,11 @@ def parse_sets(items: list[str], cls) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--episodes", type=int, default=2000)
     ap.add_argument("--eval-episodes", type=int, default=200)
-    ap.add_argument("--methods", nargs="+", default=["afsft", "sft"])
+    ap.add_argument("--methods", nargs="+", default=["afsft", "sft"], help="afsft | sft | sft_plain")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (one thread each)")
     ap.add_argument(
         "--lm-head-scale",
