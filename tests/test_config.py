@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from vlmq.config import ConfigError, load_config, save_config
@@ -65,3 +67,12 @@ def test_cli_reports_config_errors(capsys):
         main(["train", "learner.nope=1"])
     assert exit_.value.code == 2
     assert "learner.nope" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    """Every config the project ships parses into a RunConfig (a typo there breaks `make run`)."""
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"numberline.yaml", "smoke.yaml"}
+    for p in paths:
+        cfg = load_config(p)
+        assert cfg.env.id and cfg.model.path, p
