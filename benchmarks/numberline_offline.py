@@ -70,9 +70,8 @@ def collect(episodes: int, seed: int) -> tuple[list[Turn], float]:
     episodes_ = [
         run_episode(env, policy, e, rng, f"ep{e}", "numberline") for e in range(seed, seed + episodes)
     ]
-    canon: dict[
-        bytes, object
-    ] = {}  # one array per distinct image: the game has few states, the data many turns
+    # One array per distinct image: the game has few states, the data many turns.
+    canon: dict[bytes, object] = {}
     for t in (t for ep in episodes_ for t in ep):
         t.images = [canon.setdefault(i.tobytes(), i) for i in t.images]
         t.next_images = [canon.setdefault(i.tobytes(), i) for i in t.next_images]
@@ -144,22 +143,6 @@ def critic_probe(learner: Learner, episodes: int, seed: int) -> dict:
     return {"critic_agree": agree / len(states), "critic_gap": gap / len(states), "states": len(states)}
 
 
-def sharpen_lm_head(model_dir: str, factor: float) -> None:
-    """Scale the tiny model's (frozen, random) LM head so its policy can become peaked.
-
-    With a frozen LM head of std 0.02 after a frozen RMSNorm (|h| = sqrt(64) = 8), every logit is at
-    most |w_a| |h| = 0.16 * 8 ~ 1.3, so pi can never move far from uniform over the 1,024 tokens: greedy
-    decoding still works (argmax), but V = sum_a pi(a) Q(a) stays the vocabulary mean of Q and the
-    advantage carries no information. A pretrained VLM has peaked logits; this gives the tiny one room.
-    """
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(factor)
-    model.save_pretrained(model_dir)
-
-
 def train(
     model_cfg: ModelConfig, turns: list[Turn], cfg: LearnerConfig, steps: int, log_every: int
 ) -> Learner:
@@ -182,9 +165,7 @@ def run_one(job: tuple) -> dict:
     torch.set_num_threads(threads)
     t0 = time.time()
     cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **base)
-    if (
-        method == "sft_plain"
-    ):  # SFT without the critic loss: the paper's baseline, nothing shapes the LoRA but SFT
+    if method == "sft_plain":  # the paper's baseline: no critic loss shapes the LoRA
         cfg.critic_coef = 0.0
     learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
     ev = evaluate(learner, eval_episodes, EvalConfig().seed)
@@ -213,12 +194,6 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=200)
     ap.add_argument("--methods", nargs="+", default=["afsft", "sft"], help="afsft | sft | sft_plain")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (one thread each)")
-    ap.add_argument(
-        "--lm-head-scale",
-        type=float,
-        default=1.0,
-        help="extra LM-head scale (build_tiny_model already scales it 16x)",
-    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "numberline_offline.json"))
     ap.add_argument("--set", nargs="*", default=[], help="LearnerConfig overrides, e.g. lr=1e-3")
     ap.add_argument("--model-set", nargs="*", default=[], help="ModelConfig overrides, e.g. lora_r=16")
@@ -233,8 +208,6 @@ def main() -> None:
     model_kw = {**BASE_MODEL, **parse_sets(args.model_set, ModelConfig)}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(Path(tmp) / "tiny-vlm", seed=0))
-        if args.lm_head_scale != 1.0:
-            sharpen_lm_head(model_dir, args.lm_head_scale)
         model_cfg = ModelConfig(path=model_dir, **model_kw)
         turns, random_success = collect(args.episodes, seed=0)
         print(
@@ -267,7 +240,6 @@ def main() -> None:
         "config": {
             "learner": base,
             "model": model_kw,
-            "lm_head_scale": args.lm_head_scale,
             "episodes": args.episodes,
             "turns": len(turns),
             "eval_episodes": args.eval_episodes,
