@@ -18,11 +18,11 @@ from vlmq.config import ReplayConfig
 
 
 class ReplayClient:
-    def __init__(self, shards: list):
+    def __init__(self, shards: list, seed: int | None = None):
         if not shards:
             raise ValueError("ReplayClient needs at least one shard")
         self.shards = list(shards)
-        self._rng = np.random.default_rng()
+        self._rng = np.random.default_rng(seed)  # draws every batch: a seed makes them repeatable
 
     def add(self, turns: list[Turn]) -> int:
         """Send each episode's turns to its shard (by episode id). All turns are validated before
@@ -115,4 +115,4 @@ def start_replay(cfg: ReplayConfig, root: str | None = None) -> ReplayClient:
         for i in range(cfg.num_shards)
     ]
     ray.get([s.sizes.remote() for s in shards])  # surfaces a failing constructor here, by name
-    return ReplayClient(shards)
+    return ReplayClient(shards, cfg.seed)

@@ -305,6 +305,12 @@ def test_client_routes_episodes_and_samples_by_size(ray_local, tmp_path):
     assert stats["online"] == 240 and stats["offline"] == 120
     assert stats["policy_versions"] == {"offline": {-1: 120}, "online": {3: 240}}
     assert stats["sample_age_turns"] > 0
+    # replay.seed: clients with one seed draw the same batches; another seed draws others
+    draws = [
+        [(t.episode_id, t.turn_index) for t in ReplayClient(client.shards, seed).sample(64, 0.25)]
+        for seed in (7, 7, 8)
+    ]
+    assert draws[0] == draws[1] != draws[2]
 
 
 @pytest.mark.slow

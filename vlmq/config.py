@@ -62,6 +62,7 @@ class ReplayConfig:
     max_restarts: int = -1  # Ray restarts of a dead shard actor (-1: forever); it reloads from disk
     detached: bool = False  # True: shards outlive the driver (reconnect by root); False: die with the job
     num_cpus: float = 0.0  # CPUs a shard actor reserves; 0 lets shards share nodes with everything else
+    seed: int = 0  # seeds batch draws: same data and seed, same batches (a resumed job restarts them)
 
 
 @dataclass
