@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pyarrow.compute as pc  # noqa: E402
 import torch  # noqa: E402
 
 from envs import make_env  # noqa: E402
@@ -33,7 +34,8 @@ from learner.batch import build_batch, text_to_gen_ids  # noqa: E402
 from learner.processing import encode_prompt  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
 from replay.datasets import run_episode  # noqa: E402
-from replay.turn import Turn  # noqa: E402
+from replay.store import ImageStore, open_root, read_folder  # noqa: E402
+from replay.turn import Turn, rows_to_turns  # noqa: E402
 from vlmq.config import EvalConfig, LearnerConfig, ModelConfig  # noqa: E402
 from vlmq.tiny_model import build_tiny_model  # noqa: E402
 
@@ -77,6 +79,16 @@ def collect(episodes: int, seed: int) -> tuple[list[Turn], float]:
         t.next_images = [canon.setdefault(i.tobytes(), i) for i in t.next_images]
     wins = sum(ep[-1].success for ep in episodes_)
     return [t for ep in episodes_ for t in ep], wins / episodes
+
+
+def load_turns(root: str, version: int | None = None) -> list[Turn]:
+    """The turns of a dataset folder or a run's replay shard folder, optionally of one policy version
+    (the analyses of a finished run in offline_probe.py and online_malformed.py)."""
+    table, _ = read_folder(root)
+    if version is not None:
+        table = table.filter(pc.equal(table["policy_version"], version))
+    fs, path = open_root(root)
+    return rows_to_turns(table, ImageStore(fs, f"{path}/images").get)
 
 
 @torch.no_grad()

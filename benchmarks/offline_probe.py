@@ -25,8 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from numberline_offline import critic_probe, evaluate  # noqa: E402
-from online_malformed import load_turns  # noqa: E402
+from numberline_offline import critic_probe, evaluate, load_turns  # noqa: E402
 
 from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402

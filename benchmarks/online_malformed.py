@@ -25,26 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow.compute as pc  # noqa: E402
 import torch  # noqa: E402
-from numberline_offline import evaluate  # noqa: E402
+from numberline_offline import evaluate, load_turns  # noqa: E402
 
 from envs.base import format_action  # noqa: E402
 from learner.batch import build_batch, text_to_gen_ids  # noqa: E402
 from learner.losses import state_values  # noqa: E402
 from learner.processing import load_processor  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
-from replay.store import ImageStore, open_root, read_folder  # noqa: E402
-from replay.turn import rows_to_turns  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
-
-
-def load_turns(root: str, version: int | None = None) -> list:
-    table, _ = read_folder(root)
-    if version is not None:
-        table = table.filter(pc.equal(table["policy_version"], version))
-    fs, path = open_root(root)
-    return rows_to_turns(table, ImageStore(fs, f"{path}/images").get)
 
 
 @torch.no_grad()
