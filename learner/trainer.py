@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +27,16 @@ from learner.losses import vlmq_losses
 from learner.model import DualHeadModel
 from learner.processing import load_processor
 from vlmq.config import LearnerConfig, ModelConfig
+
+
+def lr_factor(cfg: LearnerConfig, step: int) -> float:
+    """Learning-rate multiplier at an update: linear warmup times cosine decay to lr_final_ratio."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.lr_decay_steps <= 0:
+        return warm
+    done = min(step / cfg.lr_decay_steps, 1.0)
+    r = cfg.lr_final_ratio
+    return warm * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 class Learner:
@@ -50,10 +61,7 @@ class Learner:
             ],
             weight_decay=cfg.weight_decay,
         )
-        warmup = max(cfg.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(cfg, s))
         self.steps = 0
         self.sft_cfg = dataclasses.replace(cfg, filter="none")
         self.prompt_cache = PromptCache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import pytest
@@ -124,10 +125,21 @@ def test_sft_warmup_is_sft_then_the_filter(model_cfg, turns):
     assert second["filter_rate"] < 1.0
 
 
+def test_lr_factor_warms_up_then_decays_by_cosine_to_the_final_ratio():
+    from learner.trainer import lr_factor
+
+    cfg = LearnerConfig(warmup_steps=2, lr_decay_steps=4, lr_final_ratio=0.2)
+    got = [lr_factor(cfg, s) for s in range(6)]
+    cos = [0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(5)]
+    want = [0.5 * cos[0], cos[1], cos[2], cos[3], 0.2, 0.2]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert lr_factor(LearnerConfig(), 10_000) == 1.0  # no warmup, no decay: constant
+
+
 @pytest.mark.slow
 def test_resume_continues_exactly(model_cfg, turns, tmp_path):
     batches = [turns[i * 8 : (i + 1) * 8] for i in range(4)]
-    kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, tau=0.2)
+    kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, lr_decay_steps=4, tau=0.2)
     straight = make_learner(model_cfg, **kw)
     ref = [straight.step(b) for b in batches]
     first = make_learner(model_cfg, **kw)

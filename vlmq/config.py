@@ -74,6 +74,11 @@ class LearnerConfig:
     num_workers: int = 1  # data-parallel workers (gloo on CPU, NCCL on GPU)
     grad_clip: float = 1.0
     warmup_steps: int = 0  # linear learning-rate warmup (0: none)
+    # Cosine decay of both learning rates to lr_final_ratio of their value over the first
+    # lr_decay_steps updates, constant after (0: no decay). The tiny model's offline phase
+    # oscillates late at a constant rate (docs/driver.md).
+    lr_decay_steps: int = 0
+    lr_final_ratio: float = 0.1
     gamma: float = 0.9  # discount per turn
     tau: float = 0.01  # Polyak rate of the target critic heads
     critic_coef: float = 1.0
