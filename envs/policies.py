@@ -5,7 +5,10 @@
 - expert: the env's scripted expert (random where it has none).
 - epsilon:<p>: random with probability p, else expert.
 - malformed:<p>: with probability p an output that fails the syntax check the way base models fail
-  (prose, wrong key, an action that is not legal, two actions, a cut-off answer, nothing); else random.
+  (half of them the well-formed answer cut off anywhere; else prose, wrong key, an action that is not
+  legal, two actions, a cut-off answer, nothing); else random. The cut-offs teach a critic what an
+  early end of turn costs at every position of the format, which a clean dataset never shows
+  (docs/driver.md).
 `rng` is a `numpy.random.Generator` or a `random.Random`: only `.random()` is used.
 """
 
@@ -23,9 +26,17 @@ def _choice(rng, seq: Sequence):
     return seq[min(int(rng.random() * len(seq)), len(seq) - 1)]
 
 
-def malformed_output(legal_actions: Sequence[str], rng) -> str:
-    """An output that names no single legal action; checked with the parser, so it never scores."""
+def malformed_output(
+    legal_actions: Sequence[str], rng, format_action: Callable[[str], str] | None = None
+) -> str:
+    """An output that names no single legal action; checked with the parser, so it never scores.
+    Given the env's `format_action`, half are its well-formed answer cut off at a random character:
+    the commonest failure of a model that has learned the format (an early end of turn)."""
     a = _choice(rng, legal_actions)
+    if format_action is not None and rng.random() < 0.5:
+        answer = format_action(a)
+        out = answer[: 1 + int(rng.random() * (len(answer) - 1))]
+        return out if parse_action(out, legal_actions) is None else ""
     b = _choice(rng, [x for x in legal_actions if x != a] or [a])
     candidates = [
         f"I think the best move is {a}.",
@@ -55,7 +66,7 @@ class Policy:
         if not legal_actions:
             raise ValueError("a policy needs at least one legal action")
         if self.kind == "malformed" and rng.random() < self.p:
-            return malformed_output(legal_actions, rng)
+            return malformed_output(legal_actions, rng, format_action)
         explore = self.kind in ("random", "malformed") or (self.kind == "epsilon" and rng.random() < self.p)
         if explore or expert_action is None:
             return format_action(_choice(rng, legal_actions))

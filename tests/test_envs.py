@@ -335,6 +335,8 @@ def test_policies():
     assert 0.45 < np.mean([a == "2" for a in eps]) < 0.65
     bad = [make_policy("malformed:1").act(legal, "2", rng, env.format_action) for _ in range(300)]
     assert all(env.parse_agent(o) is None for o in bad) and len(set(bad)) > 20
+    cut = [o for o in bad if o and any(act(a).startswith(o) and o != act(a) for a in legal)]
+    assert len({len(o) for o in cut}) > 5  # the well-formed answer cut off at many places
     half = [
         env.parse_agent(make_policy("malformed:0.5").act(legal, "2", rng, env.format_action))
         for _ in range(400)
