@@ -144,7 +144,7 @@ class EvalConfig:
 class RunConfig:
     name: str = "numberline"
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = 0  # the tiny model's init when the driver builds it; data, replay and learner have their own
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
