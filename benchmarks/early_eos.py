@@ -22,33 +22,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from numberline_offline import OBS_MODE, evaluate  # noqa: E402
+from numberline_offline import answer_heads, evaluate, start_states  # noqa: E402
 
-from envs import make_env  # noqa: E402
 from envs.base import format_action  # noqa: E402
-from learner.batch import build_batch, text_to_gen_ids  # noqa: E402
+from learner.batch import text_to_gen_ids  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
-from replay.turn import Turn  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
 
 
-@torch.no_grad()
 def early_eot(learner: Learner, seed: int, resets: int = 300) -> dict:
-    env, tok = make_env("numberline", obs_mode=OBS_MODE), learner.processor.tokenizer
-    states = {}
-    for e in range(seed, seed + resets):
-        obs, _ = env.reset(seed=e)
-        states.setdefault(obs.text, (env.prompt(obs), env.expert_action()))
-    learner.model.eval()
+    tok, states = learner.processor.tokenizer, start_states(seed, resets)
     q_max, pi_max, prefers = [], [], 0
-    for (messages, images), right in states.values():
+    for (messages, images), right in states:
         ids = text_to_gen_ids(tok, format_action(right))
-        eot = ids[-1]
-        turn = Turn("probe", 0, "numberline", 0, messages, images, gen_ids=ids, terminated=True)
-        b = build_batch([turn], learner.processor, learner.cfg, learner.prompt_cache)
-        logits, q, _ = learner.model(b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions)
-        q, pi = q.float().mean(0)[0], torch.softmax(logits[0].float(), -1)
-        early = range(len(ids) - 1)
+        eot, early = ids[-1], range(len(ids) - 1)
+        logits, q = answer_heads(learner, messages, images, ids)
+        pi = torch.softmax(logits, -1)
         q_max.append(max(float(q[k, eot]) for k in early))
         pi_max.append(max(float(pi[k, eot]) for k in early))
         prefers += any(q[k, eot] > q[k, ids[k]] for k in early)

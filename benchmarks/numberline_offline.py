@@ -131,26 +131,37 @@ def evaluate(learner: Learner, episodes: int, seed: int, max_new_tokens: int = 1
     return {"success": sum(success) / episodes, "syntax": sum(syntax) / len(syntax)}
 
 
+def start_states(seed: int, resets: int) -> list[tuple[tuple, str]]:
+    """The distinct states of `resets` held-out resets: ((messages, images), expert action) each."""
+    env, states = make_env("numberline", obs_mode=OBS_MODE), {}
+    for e in range(seed, seed + resets):
+        obs, _ = env.reset(seed=e)
+        states.setdefault(obs.text, (env.prompt(obs), env.expert_action()))
+    return list(states.values())
+
+
 @torch.no_grad()
+def answer_heads(learner: Learner, messages: list, images: list, gen_ids: list[int]):
+    """Policy logits (K, V) and ensemble-mean Q (K, V) at each token of one answer, as in training."""
+    turn = Turn("probe", 0, "numberline", 0, messages, images, gen_ids=gen_ids, terminated=True)
+    b = build_batch([turn], learner.processor, learner.cfg, learner.prompt_cache)
+    learner.model.eval()
+    logits, q, _ = learner.model(b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions)
+    return logits[0].float(), q.float().mean(0)[0]
+
+
 def critic_probe(learner: Learner, episodes: int, seed: int) -> dict:
     """Does the critic know the right move? Over the distinct states of `episodes` held-out resets,
     the share where Q(s, expert action) > Q(s, other action) at the action token (ensemble mean),
     and the mean gap. AFSFT cannot beat its critic: at 0.5 the filter keeps a coin flip."""
-    env, tok = make_env("numberline", obs_mode=OBS_MODE), learner.processor.tokenizer
-    states = {}
-    for e in range(seed, seed + episodes):
-        obs, _ = env.reset(seed=e)
-        states.setdefault(obs.text, (env.prompt(obs), env.expert_action()))
-    learner.model.eval()
+    tok, states = learner.processor.tokenizer, start_states(seed, episodes)
     agree, gap = 0, 0.0
-    for (messages, images), right in states.values():
+    for (messages, images), right in states:
         wrong = "-" if right == "+" else "+"
         ids = [text_to_gen_ids(tok, format_action(a)) for a in (right, wrong)]
         k = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)  # the token that names the action
-        turn = Turn("probe", 0, "numberline", 0, messages, images, gen_ids=ids[0], terminated=True)
-        b = build_batch([turn], learner.processor, learner.cfg, learner.prompt_cache)
-        _, q, _ = learner.model(b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions)
-        d = float(q.mean(0)[0, k, ids[0][k]] - q.mean(0)[0, k, ids[1][k]])
+        _, q = answer_heads(learner, messages, images, ids[0])
+        d = float(q[k, ids[0][k]] - q[k, ids[1][k]])
         agree, gap = agree + (d > 0), gap + d
     return {"critic_agree": agree / len(states), "critic_gap": gap / len(states), "states": len(states)}
 

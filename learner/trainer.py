@@ -47,6 +47,8 @@ class Learner:
         model_cfg: ModelConfig,
         cfg: LearnerConfig,
     ):
+        if not 0.0 <= cfg.lr_final_ratio <= 1.0:
+            raise ValueError(f"learner.lr_final_ratio must be in [0, 1], got {cfg.lr_final_ratio}")
         self.model_cfg, self.cfg = model_cfg, cfg
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")

@@ -126,7 +126,7 @@ def test_sft_warmup_is_sft_then_the_filter(model_cfg, turns):
 
 
 def test_lr_factor_warms_up_then_decays_by_cosine_to_the_final_ratio():
-    from learner.trainer import lr_factor
+    from learner.trainer import Learner, lr_factor
 
     cfg = LearnerConfig(warmup_steps=2, lr_decay_steps=4, lr_final_ratio=0.2)
     got = [lr_factor(cfg, s) for s in range(6)]
@@ -134,6 +134,8 @@ def test_lr_factor_warms_up_then_decays_by_cosine_to_the_final_ratio():
     want = [0.5 * cos[0], cos[1], cos[2], cos[3], 0.2, 0.2]
     assert got == pytest.approx(want, abs=1e-12)
     assert lr_factor(LearnerConfig(), 10_000) == 1.0  # no warmup, no decay: constant
+    with pytest.raises(ValueError, match="lr_final_ratio must be in"):
+        Learner(ModelConfig(path="unused"), LearnerConfig(lr_final_ratio=-0.5))
 
 
 @pytest.mark.slow
