@@ -44,16 +44,18 @@ OBS_MODE = "both"
 # (the critic must combine the move with the two digits), the critic loss weighted up and batches of
 # 128 (else the actor's noise on random moves drowns the critic's signal in the shared LoRA), 400 SFT
 # updates while the critic learns, a filter that keeps tokens the critic cannot tell from the
-# average, and gamma 0 (see the doc for 0.9).
+# average. Gamma 0.9 with every token of a turn regressing on the turn's end target (td_lambda 1) and
+# the heads starting at the lowest return (docs/learner.md, "The critic across turns").
 BASE_LEARNER = dict(
     batch_size=128,
     lr=3e-3,
     critic_lr=1e-2,
-    gamma=0.0,
+    gamma=0.9,
+    td_lambda=1.0,
     tau=0.2,
     critic_coef=30.0,
     sft_warmup_steps=400,
-    threshold=-0.3,
+    threshold=0.0,
 )
 BASE_MODEL: dict = dict(
     lora_r=16,
@@ -146,7 +148,7 @@ def answer_heads(learner: Learner, messages: list, images: list, gen_ids: list[i
     turn = Turn("probe", 0, "numberline", 0, messages, images, gen_ids=gen_ids, terminated=True)
     b = build_batch([turn], learner.processor, learner.cfg, learner.prompt_cache)
     learner.model.eval()
-    logits, q, _ = learner.model(b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions)
+    logits, q, *_ = learner.model(b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions)
     return logits[0].float(), q.float().mean(0)[0]
 
 

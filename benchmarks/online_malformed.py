@@ -42,7 +42,7 @@ def filter_pass(learner: Learner, malformed: list, well_formed_prefix: list[int]
     b = build_batch(malformed, learner.processor, learner.cfg)
     learner.model.eval()
     s = b.seqs
-    logits, q, _ = learner.model(s.input_ids, s.attention_mask, s.images, b.positions)
+    logits, q, *_ = learner.model(s.input_ids, s.attention_mask, s.images, b.positions)
     q_sa = q.float().mean(0).gather(-1, b.actions[..., None])[..., 0]
     adv = q_sa - state_values(logits, q)
     first, after = [], []

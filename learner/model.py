@@ -1,5 +1,6 @@
 """The dual-head VLM: a Hugging Face backbone with LoRA on its language model, the LM head (the policy),
-C critic heads `Linear(hidden, vocab)` on the same final hidden state, and their EMA target copies.
+C critic heads `Linear(hidden, vocab)` on the same final hidden state, their EMA target copies, and a
+value head `Linear(hidden, 1)` (used when `learner.value` is "expectile").
 
 Only the hidden states at the positions that predict generated tokens go through the heads, so a long
 prompt full of image tokens costs one backbone pass and nothing more.
@@ -43,7 +44,7 @@ def lora_config(cfg: ModelConfig):
 class DualHeadModel(nn.Module):
     """backbone + LoRA (peft) + critic heads + target heads. `forward` returns token-aligned tensors."""
 
-    def __init__(self, cfg: ModelConfig, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, seed: int = 0, q_init: float = 0.0):
         super().__init__()
         from peft import get_peft_model
 
@@ -56,10 +57,13 @@ class DualHeadModel(nn.Module):
         hidden = hf.get_output_embeddings().in_features
         vocab = hf.get_output_embeddings().out_features
         self.critics = nn.ModuleList(nn.Linear(hidden, vocab) for _ in range(cfg.num_critics))
-        for head in self.critics:  # Q starts flat at critic_bias_init (see ModelConfig)
+        for head in self.critics:  # Q starts flat at q_init (the learner's q_floor)
             nn.init.normal_(head.weight, std=0.02 / hidden**0.5)
-            nn.init.constant_(head.bias, cfg.critic_bias_init)
+            nn.init.constant_(head.bias, q_init)
         self.targets = copy.deepcopy(self.critics).requires_grad_(False)
+        self.value = nn.Linear(hidden, 1)
+        nn.init.normal_(self.value.weight, std=0.02 / hidden**0.5)
+        nn.init.constant_(self.value.bias, q_init)
 
     @property
     def lm_head(self) -> nn.Module:
@@ -71,14 +75,18 @@ class DualHeadModel(nn.Module):
         out = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images)
         return out.last_hidden_state
 
-    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Policy logits (B, K, V), online Q (C, B, K, V) and target Q (C, B, K, V, no grad) at states h."""
-        logits = self.lm_head(h)
-        hf = h.float()
-        q = torch.stack([c(hf) for c in self.critics])
-        with torch.no_grad():
-            q_target = torch.stack([c(hf.detach()) for c in self.targets])
-        return logits, q, q_target
+    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Policy logits (B, K, V), online Q (C, B, K, V), target Q (C, B, K, V, no grad) and the value
+        head (B, K) at states h, all in float32 even inside an autocast region (bf16 would round
+        returns to 3 significant digits)."""
+        with torch.autocast(h.device.type, enabled=False):
+            hf = h.float()
+            logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()
+            q = torch.stack([c(hf) for c in self.critics])
+            with torch.no_grad():
+                q_target = torch.stack([c(hf.detach()) for c in self.targets])
+            v = self.value(hf).squeeze(-1)
+        return logits, q, q_target, v
 
     def forward(self, input_ids, attention_mask, images: dict, positions: torch.Tensor):
         """Heads at `positions` (B, K): the positions whose logits predict the generated tokens."""
@@ -87,13 +95,12 @@ class DualHeadModel(nn.Module):
         return self.heads(h)
 
     @torch.no_grad()
-    def target_value(self, input_ids, attention_mask, images: dict, positions: torch.Tensor) -> torch.Tensor:
-        """V_target(s) = sum_a pi(a|s) mean_c Q_target_c(s, a) at one position per row (B,); no grad."""
+    def heads_at(
+        self, input_ids, attention_mask, images: dict, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """`heads` at one position per row (B,), e.g. the last prompt token of each next turn; no grad."""
         h = self.hidden_states(input_ids, attention_mask, images)
-        h = h[torch.arange(h.shape[0], device=h.device), positions]
-        pi = torch.softmax(self.lm_head(h).float(), dim=-1)
-        q = torch.stack([c(h.float()) for c in self.targets]).mean(0)
-        return (pi * q).sum(-1)
+        return self.heads(h[torch.arange(h.shape[0], device=h.device), positions][:, None])
 
     @torch.no_grad()
     def update_targets(self, tau: float) -> None:

@@ -23,10 +23,24 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from learner.batch import PromptCache, build_batch, encode_prompt
-from learner.losses import vlmq_losses
+from learner.losses import q_floor, values, vlmq_losses
 from learner.model import DualHeadModel
 from learner.processing import load_processor
 from vlmq.config import LearnerConfig, ModelConfig
+
+
+def check_learner_config(cfg: LearnerConfig) -> None:
+    """Values the types allow but the math does not, each named."""
+    if not 0.0 <= cfg.lr_final_ratio <= 1.0:
+        raise ValueError(f"learner.lr_final_ratio must be in [0, 1], got {cfg.lr_final_ratio}")
+    if not 0.0 <= cfg.gamma < 1.0:
+        raise ValueError(f"learner.gamma must be in [0, 1), got {cfg.gamma}")
+    if not 0.0 <= cfg.td_lambda <= 1.0:
+        raise ValueError(f"learner.td_lambda must be in [0, 1], got {cfg.td_lambda}")
+    if not 0.0 < cfg.expectile < 1.0:
+        raise ValueError(f"learner.expectile must be in (0, 1), got {cfg.expectile}")
+    if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
+        raise ValueError(f"learner.reward_range must be [min, max] with min < max, got {cfg.reward_range}")
 
 
 def lr_factor(cfg: LearnerConfig, step: int) -> float:
@@ -47,19 +61,23 @@ class Learner:
         model_cfg: ModelConfig,
         cfg: LearnerConfig,
     ):
-        if not 0.0 <= cfg.lr_final_ratio <= 1.0:
-            raise ValueError(f"learner.lr_final_ratio must be in [0, 1], got {cfg.lr_final_ratio}")
+        check_learner_config(cfg)
         self.model_cfg, self.cfg = model_cfg, cfg
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.processor = load_processor(model_cfg.path, model_cfg.text_only)
-        self.model = DualHeadModel(model_cfg, seed=cfg.seed).to(
-            self.device
-        )  # same seed: same init on all ranks
+        # Same seed, same init on all ranks. Summed over the whole vocabulary (value "policy"), V would
+        # take in the initial Q of tokens the data never shows: they start at the lowest return. The
+        # value head never sees them, so its Q and V start at 0.
+        q_init = q_floor(cfg) if cfg.value == "policy" else 0.0
+        self.model = DualHeadModel(model_cfg, seed=cfg.seed, q_init=q_init).to(self.device)
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": [p for p in self.model.peft.parameters() if p.requires_grad], "lr": cfg.lr},
-                {"params": list(self.model.critics.parameters()), "lr": cfg.critic_lr},
+                {
+                    "params": [*self.model.critics.parameters(), *self.model.value.parameters()],
+                    "lr": cfg.critic_lr,
+                },
             ],
             weight_decay=cfg.weight_decay,
         )
@@ -93,20 +111,28 @@ class Learner:
             dist.all_reduce(t)
         return t
 
+    @torch.no_grad()
+    def next_values(self, batch) -> torch.Tensor:
+        """V_target(s_{t+1,1}) per row (B,): the next prompt's value, 0 where the turn terminated (and
+        everywhere when critic_coef is 0, where no critic trains)."""
+        next_v = torch.zeros(batch.actions.shape[0], device=self.device)
+        if batch.next_prompts is not None and self.cfg.critic_coef > 0:
+            p = batch.next_prompts
+            with self._autocast():
+                logits, _, q_target, v_head = self.model.heads_at(
+                    p.input_ids, p.attention_mask, p.images, p.last
+                )
+            next_v[batch.next_rows] = values(logits, q_target, v_head, self.cfg)[:, 0]
+        return next_v
+
     def step(self, turns: list) -> dict[str, float]:
         """One update on this worker's share of the global batch; metrics are of the whole batch."""
         self.model.train()
         batch = build_batch(turns, self.processor, self.cfg, self.prompt_cache).to(self.device)
-        B = batch.actions.shape[0]
-        next_v = torch.zeros(B, device=self.device)
+        next_v = self.next_values(batch)
         with self._autocast():
-            if batch.next_prompts is not None and self.cfg.critic_coef > 0:  # bootstrap values, no grad
-                p = batch.next_prompts
-                next_v[batch.next_rows] = self.model.target_value(
-                    p.input_ids, p.attention_mask, p.images, p.last
-                ).float()
             s = batch.seqs  # one backbone pass feeds the LM head, the critics and the target heads
-            logits, q, q_target = self.model(s.input_ids, s.attention_mask, s.images, batch.positions)
+            logits, q, q_target, v_head = self.model(s.input_ids, s.attention_mask, s.images, batch.positions)
         denom = self._all_reduce(batch.mask.sum()).clamp(min=1.0)
         loss, metrics = vlmq_losses(
             logits,
@@ -120,6 +146,7 @@ class Learner:
             next_v,
             self.cfg if self.steps >= self.cfg.sft_warmup_steps else self.sft_cfg,
             denom=denom,
+            v_head=v_head,
         )
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
@@ -134,9 +161,10 @@ class Learner:
         self.model.update_targets(self.cfg.tau)
         self.steps += 1
         names = sorted(metrics)
-        values = self._all_reduce(torch.stack([metrics[k].float() for k in names]))
-        out = {k: float(v) for k, v in zip(names, values)}
-        out.update(loss=out["actor_loss"] + self.cfg.critic_coef * out["critic_loss"])
+        totals = self._all_reduce(torch.stack([metrics[k].float() for k in names]))
+        out = {k: float(v) for k, v in zip(names, totals)}
+        critic = out["critic_loss"] + out["value_loss"]
+        out.update(loss=out["actor_loss"] + self.cfg.critic_coef * critic)
         out.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0], step=self.steps)
         return out
 
@@ -149,7 +177,7 @@ class Learner:
         images = {k: torch.as_tensor(v).to(self.device) for k, v in enc.items() if k != "input_ids"}
         start = len(enc["input_ids"]) - 1
         positions = torch.arange(start, start + len(gen_ids), device=self.device)[None]
-        logits, _, _ = self.model(ids, torch.ones_like(ids), images, positions)
+        logits = self.model(ids, torch.ones_like(ids), images, positions)[0]
         logp = torch.log_softmax(logits.float(), -1)[0].gather(-1, ids[0, start + 1 :, None])
         return logp[:, 0].tolist()
 

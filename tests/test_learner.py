@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from learner.batch import build_batch
+from learner.losses import td_targets, values
 from learner.processing import load_processor
 from vlmq.config import LearnerConfig, ModelConfig
 
@@ -202,3 +203,68 @@ def test_unpack_refuses_foreign_members(tmp_path):
         tar.addfile(info, io.BytesIO(data))
     with pytest.raises(ValueError, match="unexpected member '../evil.json'"):
         unpack(buf.getvalue(), tmp_path)
+
+
+def _critic_after_updates(model_cfg, turns, **kw):
+    """A learner whose LoRA and heads have moved (two updates), so values differ across states."""
+    learner = make_learner(model_cfg, lr=1e-2, critic_lr=5e-2, tau=0.5, **kw)
+    for s in (slice(0, 16), slice(16, 32)):
+        learner.step(turns[s])
+    return learner
+
+
+def _heads(learner, batch):
+    with torch.no_grad():
+        s = batch.seqs
+        return learner.model(s.input_ids, s.attention_mask, s.images, batch.positions)
+
+
+@pytest.mark.parametrize("value", ["expectile", "policy"])
+def test_next_value_is_v_target_at_the_next_turns_first_generated_position(model_cfg, turns, value):
+    """Turns t and t+1 of one episode in one batch: next_v of turn t is V_target at the state that
+    predicts turn t+1's first token, as the forward pass over turn t+1's own row computes it."""
+    learner = _critic_after_updates(model_cfg, turns, value=value)
+    i = next(i for i in range(len(turns) - 1) if not turns[i].terminated and not turns[i].truncated)
+    t, t1 = turns[i], turns[i + 1]
+    assert (t1.episode_id, t1.turn_index) == (t.episode_id, t.turn_index + 1)
+    b = build_batch([t, t1], learner.processor, learner.cfg)
+    next_v = learner.next_values(b)
+    logits, _, q_target, v_head = _heads(learner, b)
+    v_first = values(logits, q_target, v_head, learner.cfg)[1, 0].item()
+    assert next_v[0].item() == pytest.approx(v_first, abs=1e-5)
+    init = learner.cfg.reward_range[0] / (1 - learner.cfg.gamma) if value == "policy" else 0.0
+    assert abs(v_first - init) > 1e-3  # trained, not the initial value
+
+
+def test_truncated_turn_bootstraps_and_terminated_does_not(model_cfg, turns):
+    """The targets of the learner's own update: y = r + gamma V_target(next prompt) on every token of a
+    truncated turn (td_lambda 1), y = r on a terminated one; the update's critic loss is theirs."""
+    learner = _critic_after_updates(model_cfg, turns)
+    trunc = next(t for t in turns if t.truncated)
+    term = next(t for t in turns if t.terminated)
+    b = build_batch([trunc, term], learner.processor, learner.cfg)
+    next_v = learner.next_values(b)
+    assert next_v[1].item() == 0.0 and next_v[0].item() != 0.0
+    logits, q, q_target, v_head = _heads(learner, b)
+    y = td_targets(
+        values(logits, q_target, v_head, learner.cfg), b.rewards, b.discounts, b.last, next_v, lam=1.0
+    )
+    n0, n1 = int(b.mask[0].sum()), int(b.mask[1].sum())
+    assert y[0, :n0].tolist() == pytest.approx([trunc.reward + 0.9 * next_v[0].item()] * n0, abs=1e-5)
+    assert y[1, :n1].tolist() == pytest.approx([term.reward] * n1, abs=1e-6)
+    q_sa = q.gather(-1, b.actions[None, ..., None].expand(q.shape[0], -1, -1, 1)).squeeze(-1)
+    expected = (((q_sa - y) ** 2).mean(0) * b.mask).sum() / b.mask.sum()
+    m = learner.step([trunc, term])
+    assert m["critic_loss"] == pytest.approx(expected.item(), rel=1e-5) and m["value_loss"] > 0
+
+
+def test_heads_and_values_stay_float32_under_autocast(model_cfg, turns):
+    """Inside a bf16 autocast region (as on CUDA) Q, V and the logits are computed in float32."""
+    learner = _critic_after_updates(model_cfg, turns)
+    h = torch.randn(2, 3, learner.model.lm_head.in_features)
+    plain = learner.model.heads(h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = learner.model.heads(h)
+        assert torch.nn.Linear(4, 4)(torch.randn(1, 4)).dtype == torch.bfloat16  # autocast is on
+    for a, b in zip(plain, under):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

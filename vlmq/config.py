@@ -32,10 +32,6 @@ class ModelConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     freeze_vision: bool = True
     num_critics: int = 2
-    # Initial Q of every token. Only tokens in the data are ever trained, so this is the value the
-    # critic assumes for tokens it never saw: a pessimistic value (below any return in the data) keeps
-    # V = sum_a pi Q from favouring unseen tokens while pi is still far from the data (from-scratch models).
-    critic_bias_init: float = 0.0
     build_tiny: bool = True  # build the tiny offline model at `path` when it does not exist
 
 
@@ -80,11 +76,23 @@ class LearnerConfig:
     lr_decay_steps: int = 0
     lr_final_ratio: float = 0.1
     gamma: float = 0.9  # discount per turn
+    # The critic's targets inside a turn: lambda-return over its tokens (1: every token regresses on
+    # the turn's end target r + gamma V(next prompt); 0: each on the next token's V, docs/learner.md).
+    td_lambda: float = 1.0
+    # V(s) in targets and advantages: "policy" is sum_a pi(a|s) Q(s,a) over the whole vocabulary, where
+    # tokens the data never shows leak in; "expectile" is a value head fit to the data's Q by expectile
+    # regression (IQL), which no untrained token reaches (docs/learner.md).
+    value: Literal["policy", "expectile"] = "expectile"
+    expectile: float = 0.5  # 0.5: V is the data's mean value (evaluation); toward 1: its best actions
     tau: float = 0.01  # Polyak rate of the target critic heads
     critic_coef: float = 1.0
     reward_scale: float = 1.0  # the replay stores raw rewards; the learner scales them
+    # Lowest and highest raw reward of one turn, syntax penalty included. They set the units: the
+    # critic heads start at reward_min / (1 - gamma) (no return is lower), and advantages are read in
+    # units of (max - min), so `threshold` and `beta` mean the same in every env.
+    reward_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
     filter: Literal["binary", "exp", "none"] = "binary"  # "none" is plain SFT (w = 1)
-    threshold: float = 0.0
+    threshold: float = 0.0  # binary filter: keep tokens with A / (reward range) above this
     # The actor trains as SFT (w = 1) for this many first updates while the critic learns: a model
     # that cannot yet write the output format (the tiny random one) would otherwise have its
     # end-of-turn tokens filtered and V leak onto untrained tokens (docs/learner.md).
