@@ -64,16 +64,14 @@ BASE_MODEL: dict = dict(
 )
 
 
-def collect(episodes: int, seed: int) -> tuple[list[Turn], float]:
+def collect(episodes: int, seed: int, env_id: str = "numberline") -> tuple[list[Turn], float]:
     """Random-policy episodes as replay Turns (text actions; the learner tokenizes them + EOS)."""
     env, policy, rng = (
-        make_env("numberline", obs_mode=OBS_MODE),
+        make_env(env_id, obs_mode=OBS_MODE),
         make_policy(os.environ.get("BENCH_POLICY", "random")),
         random.Random(seed),
     )
-    episodes_ = [
-        run_episode(env, policy, e, rng, f"ep{e}", "numberline") for e in range(seed, seed + episodes)
-    ]
+    episodes_ = [run_episode(env, policy, e, rng, f"ep{e}", env_id) for e in range(seed, seed + episodes)]
     # One array per distinct image: the game has few states, the data many turns.
     canon: dict[bytes, object] = {}
     for t in (t for ep in episodes_ for t in ep):
@@ -169,18 +167,24 @@ def critic_probe(learner: Learner, episodes: int, seed: int) -> dict:
 
 
 def train(
-    model_cfg: ModelConfig, turns: list[Turn], cfg: LearnerConfig, steps: int, log_every: int
+    model_cfg: ModelConfig,
+    turns: list[Turn],
+    cfg: LearnerConfig,
+    steps: int,
+    log_every: int,
+    probe: bool = False,
 ) -> Learner:
+    """`steps` updates on uniform draws from `turns`; with `probe`, the NumberLine critic probe at each log."""
     learner = Learner(model_cfg, cfg)
     rng = random.Random(cfg.seed)
     for s in range(1, steps + 1):
         m = learner.step(rng.sample(turns, cfg.batch_size))
         if s % log_every == 0 or s == steps:
-            keys = ("actor_loss", "critic_loss", "filter_rate", "q", "v", "adv", "td_error")
-            print(
-                f"  [{cfg.filter} seed {cfg.seed}] step {s}: " + " ".join(f"{k} {m[k]:.3f}" for k in keys),
-                flush=True,
-            )
+            keys = ("actor_loss", "critic_loss", "value_loss", "filter_rate", "q", "v", "adv", "td_error")
+            line = " ".join(f"{k} {m[k]:.3f}" for k in keys)
+            if probe:
+                line += f" probe {critic_probe(learner, 60, EvalConfig().seed)['critic_agree']:.2f}"
+            print(f"  [{cfg.filter} seed {cfg.seed}] step {s}: {line}", flush=True)
     return learner
 
 
@@ -192,7 +196,7 @@ def run_one(job: tuple) -> dict:
     cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **base)
     if method == "sft_plain":  # the paper's baseline: no critic loss shapes the LoRA
         cfg.critic_coef = 0.0
-    learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
+    learner = train(model_cfg, turns, cfg, steps, log_every=100, probe=True)
     ev = evaluate(learner, eval_episodes, EvalConfig().seed)
     ev.update(critic_probe(learner, eval_episodes, EvalConfig().seed))
     print(

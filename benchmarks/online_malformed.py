@@ -30,7 +30,7 @@ from numberline_offline import evaluate, load_turns  # noqa: E402
 
 from envs.base import format_action  # noqa: E402
 from learner.batch import build_batch, text_to_gen_ids  # noqa: E402
-from learner.losses import state_values  # noqa: E402
+from learner.losses import advantage_unit, values  # noqa: E402
 from learner.processing import load_processor  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
@@ -42,9 +42,9 @@ def filter_pass(learner: Learner, malformed: list, well_formed_prefix: list[int]
     b = build_batch(malformed, learner.processor, learner.cfg)
     learner.model.eval()
     s = b.seqs
-    logits, q, *_ = learner.model(s.input_ids, s.attention_mask, s.images, b.positions)
+    logits, q, _, v_head = learner.model(s.input_ids, s.attention_mask, s.images, b.positions)
     q_sa = q.float().mean(0).gather(-1, b.actions[..., None])[..., 0]
-    adv = q_sa - state_values(logits, q)
+    adv = (q_sa - values(logits, q, v_head, learner.cfg)) / advantage_unit(learner.cfg)
     first, after = [], []
     for i, t in enumerate(malformed):
         g = list(t.gen_ids)

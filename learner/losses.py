@@ -131,10 +131,15 @@ def vlmq_losses(
     else:
         value_loss = torch.zeros((), device=q.device)
 
-    # Actor: advantage from the online heads (ensemble mean), no grad; filtered log-likelihood.
+    # Actor: advantage (ensemble mean, no grad); filtered log-likelihood. The value head is fit to the
+    # target heads' Q, so its advantage is taken from them too (IQL): online Q minus a V that lags it
+    # would drop every token at once whenever the online heads move.
     with torch.no_grad():
-        v = values(logits, q, v_head, cfg)
-        adv = q_sa.mean(0) - v
+        if cfg.value == "policy":
+            q_adv, v = q_sa.mean(0), state_values(logits, q)
+        else:
+            q_adv, v = q_sa_target, v_head.detach().float()
+        adv = q_adv - v
         w = filter_weights(adv, cfg)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, actions[..., None]).squeeze(-1)
     actor_loss = -(w * logp * mask).sum() / n

@@ -54,6 +54,31 @@ def test_wrong_types_fail_clearly(override, fragment):
         load_config(None, [override])
 
 
+def test_reward_range_must_hold_the_syntax_penalty():
+    with pytest.raises(
+        ConfigError, match=r"env.syntax_penalty -2.0 lies outside learner.reward_range \[-1.0, 1.0\]"
+    ):
+        load_config(None, ["env.syntax_penalty=-2"])
+    assert (
+        load_config(None, ["env.syntax_penalty=-2", "learner.reward_range=[-2, 1]"]).env.syntax_penalty == -2
+    )
+
+
+def test_learner_refuses_values_outside_their_range():
+    from learner.trainer import check_learner_config
+    from vlmq.config import LearnerConfig
+
+    for kw, name in [
+        ({"gamma": 1.0}, "gamma"),
+        ({"td_lambda": 1.5}, "td_lambda"),
+        ({"expectile": 0.0}, "expectile"),
+        ({"reward_range": [1.0, -1.0]}, "reward_range"),
+        ({"lr_final_ratio": 2.0}, "lr_final_ratio"),
+    ]:
+        with pytest.raises(ValueError, match=f"learner.{name} must be"):
+            check_learner_config(LearnerConfig(**kw))
+
+
 def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_config(None, ["learner.lr=0.002", "env.kwargs={a: 1}"])
     save_config(cfg, tmp_path / "resolved.yaml")

@@ -128,10 +128,11 @@ def test_losses_by_hand():
 
 
 def test_losses_with_the_value_head_by_hand():
-    """value "expectile": V is the head's output in targets and advantages, and the head regresses on
-    the target Q of the data's tokens; the whole-vocabulary sum pi Q plays no part."""
+    """value "expectile": V is the head's output in targets and advantages, the head regresses on the
+    target Q of the data's tokens, and the advantage is that target Q minus V (IQL); the
+    whole-vocabulary sum pi Q plays no part."""
     logits, q, actions, mask, last, rewards, discounts = _two_action_batch()
-    q_target = torch.full((1, 1, 4, 2), 3.0)
+    q_target = torch.tensor([1.0, 3.0]).expand(1, 1, 4, 2)  # Q_target(s, a) = 3, 1, 3 on the data
     v_head = torch.tensor([[1.5, 1.5, 1.5, 0.0]], requires_grad=True)
     cfg = LearnerConfig(filter="binary", critic_coef=1.0, td_lambda=0.0, value="expectile", expectile=0.5)
     loss, m = vlmq_losses(
@@ -139,14 +140,15 @@ def test_losses_with_the_value_head_by_hand():
     )
     # y = [V(s_2), V(s_3), r (done)] = [1.5, 1.5, 1]; Q(s,a) = [2, 0, 2]: squared errors 0.25, 2.25, 1
     assert m["critic_loss"].item() == pytest.approx(3.5 / 3)
-    # u = Q_target(s,a) - V = 1.5 on each token; expectile 0.5: 0.5 * 2.25
-    assert m["value_loss"].item() == pytest.approx(1.125)
-    # A = Q(s,a) - V = 0.5, -1.5, 0.5: tokens 0 and 2 kept
-    assert m["adv"].item() == pytest.approx(-0.5 / 3)
+    # u = Q_target(s,a) - V = 1.5, -0.5, 1.5; expectile 0.5: 0.5 * (2.25 + 0.25 + 2.25) / 3
+    assert m["value_loss"].item() == pytest.approx(0.5 * 4.75 / 3)
+    # A = u: tokens 0 and 2 kept (A / 2 = 0.75 > 0), token 1 dropped
+    assert m["adv"].item() == pytest.approx(2.5 / 3)
+    assert m["v"].item() == pytest.approx(1.5)
     assert m["filter_rate"].item() == pytest.approx(2 / 3)
     loss.backward()
-    # dL_value/dV = -2 * 0.5 * u / 3 = -0.5 per token, times critic_coef 1; padding gets none
-    assert v_head.grad[0].tolist() == pytest.approx([-0.5, -0.5, -0.5, 0.0])
+    # dL_value/dV = -2 * 0.5 * u / 3 per token, times critic_coef 1; padding gets none
+    assert v_head.grad[0].tolist() == pytest.approx([-0.5, 0.5 / 3, -0.5, 0.0])
 
 
 def test_expectile_loss_weights_each_side():

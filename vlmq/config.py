@@ -254,7 +254,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _merge(cfg, data, "")
     for item in overrides or []:
         _merge(cfg, parse_override(item), "")
+    _check(cfg)
     return cfg
+
+
+def _check(cfg: RunConfig) -> None:
+    """Rules across sections."""
+    lo, hi = cfg.learner.reward_range
+    if not lo <= cfg.env.syntax_penalty <= hi:
+        raise ConfigError(
+            f"env.syntax_penalty {cfg.env.syntax_penalty} lies outside learner.reward_range {[lo, hi]}: the "
+            "range must hold every reward a turn can earn (it sets the critic's start and the filter's units)"
+        )
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

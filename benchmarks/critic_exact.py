@@ -1,0 +1,276 @@
+"""The critic against exact values: Q^pi of the data's random policy by dynamic programming, at gamma 0.9.
+
+For NumberLine and Blackjack the state space is small enough to solve exactly:
+- NumberLine: (position, target), 30 states. A time-limit truncation bootstraps, as the learner does, so
+  the learner's fixed point is the stationary (infinite-horizon) Q^pi, which is what is solved here.
+- Blackjack (gymnasium rules, infinite deck): (hard total, holds an ace, dealer's up-card); the dealer's
+  final total is enumerated exactly.
+EZPoints is left out: its state is the two cards *and* the formula typed so far, and a random policy
+types formulas of every length, so an exact Q^pi over what the data visits is a much larger job.
+
+Each run trains the learner on 2,000 random-policy episodes with the science-check settings
+(benchmarks/numberline_offline.py) and reads Q at the token that names the action, for every legal
+action of every probe state (the distinct states of held-out episodes):
+- method `sft` (policy evaluation: the actor is SFT on the data, so pi is the behaviour policy): Spearman
+  and Pearson correlation and the MAE between exact Q^pi and the critic's Q; the probe is the share of
+  states where Q ranks the action that is better under Q^pi first.
+- method `afsft` (the critic now serves an improving policy): the probe against the optimal action
+  (value iteration), and the share of states where the policy's greedy choice at that token is optimal.
+
+    .venv/bin/python benchmarks/critic_exact.py [--envs numberline blackjack] [--seeds 0 1 2]
+        [--methods sft afsft] [--steps 700] [--out benchmarks/results/critic_exact.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import cache
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from numberline_offline import BASE_LEARNER, BASE_MODEL, OBS_MODE, answer_heads, collect, train  # noqa: E402
+
+from envs import make_env  # noqa: E402
+from envs.base import format_action  # noqa: E402
+from envs.cards import Blackjack  # noqa: E402
+from learner.batch import text_to_gen_ids  # noqa: E402
+from vlmq.config import EvalConfig, LearnerConfig, ModelConfig  # noqa: E402
+from vlmq.tiny_model import build_tiny_model  # noqa: E402
+
+GAMMA = 0.9
+
+
+# -- exact values ---------------------------------------------------------------------------------
+def numberline_q(gamma: float, optimal: bool = False) -> dict:
+    """{(pos, goal): {"-": Q, "+": Q}} for the uniform random policy (or the optimal one)."""
+    n = 6
+    states = [(p, g) for p in range(n) for g in range(n) if p != g]
+
+    def step(p, g, a):
+        q = max(0, p - 1) if a == "-" else min(n - 1, p + 1)
+        if q == g:
+            return 1.0, None
+        return (-1.0 if abs(q - g) >= abs(p - g) else 0.0), (q, g)
+
+    v = dict.fromkeys(states, 0.0)
+    for _ in range(2000):
+        qs = {}
+        for s in states:
+            qs[s] = {}
+            for a in "-+":
+                r, nxt = step(*s, a)
+                qs[s][a] = r + (gamma * v[nxt] if nxt else 0.0)
+        v = {s: max(q.values()) if optimal else sum(q.values()) / 2 for s, q in qs.items()}
+    return qs
+
+
+DECK = Blackjack.DECK  # 13 equally likely values, 10 four times
+
+
+def _total(hard: int, ace: bool) -> int:
+    return hard + 10 if ace and hard + 10 <= 21 else hard
+
+
+@cache
+def dealer_final(hard: int, ace: bool) -> dict[int, float]:
+    """Distribution of the dealer's final total (22 = bust) from a hand; it hits below 17, soft included."""
+    t = _total(hard, ace)
+    if t >= 17:
+        return {min(t, 22) if hard <= 21 else 22: 1.0}
+    out: dict[int, float] = {}
+    for c in DECK:
+        h = hard + c
+        sub = {22: 1.0} if h > 21 else dealer_final(h, ace or c == 1)
+        for k, p in sub.items():
+            out[k] = out.get(k, 0.0) + p / len(DECK)
+    return out
+
+
+def stand_value(total: int, up: int) -> float:
+    """E[outcome] of standing on `total` against the up-card `up` (the hidden card is drawn now)."""
+    ev = 0.0
+    for c in DECK:
+        for d, p in dealer_final(up + c, up == 1 or c == 1).items():
+            ev += p / len(DECK) * (1.0 if d == 22 or total > d else -1.0 if total < d else 0.0)
+    return ev
+
+
+def blackjack_q(gamma: float, optimal: bool = False) -> dict:
+    """{(hard, ace, up): {"stand": Q, "hit": Q}} for hard totals 2-21, by recursion on the total."""
+
+    @cache
+    def q(hard: int, ace: bool, up: int) -> tuple[float, float]:
+        hit = 0.0
+        for c in DECK:
+            h = hard + c
+            hit += (-1.0 if h > 21 else gamma * v(h, ace or c == 1, up)) / len(DECK)
+        return stand_value(_total(hard, ace), up), hit
+
+    def v(hard, ace, up):
+        s, h = q(hard, ace, up)
+        return max(s, h) if optimal else (s + h) / 2
+
+    return {
+        (h, a, u): dict(zip(("stand", "hit"), q(h, a, u)))
+        for h in range(2, 22)
+        for a in (False, True)
+        for u in range(1, 11)
+    }
+
+
+def numberline_key(env) -> tuple:
+    return env.pos, env.goal
+
+
+def blackjack_key(env) -> tuple:
+    hand = env.player
+    return sum(v for v, _, _ in hand), any(v == 1 for v, _, _ in hand), env.dealer[0][0]
+
+
+ENVS = {"numberline": (numberline_q, numberline_key), "blackjack": (blackjack_q, blackjack_key)}
+
+
+def probe_states(env_id: str, episodes: int, seed: int) -> list[tuple[tuple, tuple]]:
+    """(key, (messages, images)) of each distinct state the random policy visits on held-out episodes."""
+    env, rng, states = make_env(env_id, obs_mode=OBS_MODE), np.random.default_rng(seed), {}
+    key_of = ENVS[env_id][1]
+    for e in range(seed, seed + episodes):
+        obs, _ = env.reset(seed=e)
+        done = False
+        while not done:
+            states.setdefault(key_of(env), env.prompt(obs))
+            a = obs.legal_actions[int(rng.integers(len(obs.legal_actions)))]
+            obs, _, term, trunc, _ = env.step(format_action(a))
+            done = term or trunc
+    return sorted(states.items())
+
+
+# -- the critic's values ----------------------------------------------------------------------------
+def critic_values(learner, env_id: str, states: list) -> list[dict]:
+    """Q and the policy's logit at the token that names each legal action, per probe state."""
+    tok = learner.processor.tokenizer
+    actions = make_env(env_id).legal_actions()
+    ids = [text_to_gen_ids(tok, format_action(a)) for a in actions]
+    k = next(i for i, col in enumerate(zip(*ids)) if len(set(col)) > 1)  # the first token that differs
+    out = []
+    for key, (messages, images) in states:
+        logits, q = answer_heads(learner, messages, images, ids[0])
+        out.append(
+            {
+                "key": key,
+                "q": {a: float(q[k, i[k]]) for a, i in zip(actions, ids)},
+                "logit": {a: float(logits[k, i[k]]) for a, i in zip(actions, ids)},
+            }
+        )
+    return out
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties given their mean rank (what Spearman's correlation needs)."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def score(values: list[dict], exact: dict, optimal: dict) -> dict:
+    """Correlations and MAE against exact Q^pi; the probe and the greedy policy against the optimum."""
+    pairs = [(exact[v["key"]][a], v["q"][a]) for v in values for a in v["q"]]
+    x, y = np.array(pairs).T
+    best = lambda d: max(d, key=d.get)  # noqa: E731
+    better_pi = [v for v in values if len(set(exact[v["key"]].values())) > 1]  # no ties
+    better_opt = [v for v in values if len(set(optimal[v["key"]].values())) > 1]
+    return {
+        "spearman": round(pearson(ranks(x), ranks(y)), 4),
+        "pearson": round(pearson(x, y), 4),
+        "mae": round(float(np.abs(x - y).mean()), 4),
+        "probe": round(float(np.mean([best(v["q"]) == best(exact[v["key"]]) for v in better_pi])), 4),
+        "probe_optimal": round(
+            float(np.mean([best(v["q"]) == best(optimal[v["key"]]) for v in better_opt])), 4
+        ),
+        "greedy_optimal": round(
+            float(np.mean([best(v["logit"]) == best(optimal[v["key"]]) for v in better_opt])), 4
+        ),
+        "states": len(values),
+    }
+
+
+def run_one(job: tuple) -> dict:
+    env_id, method, seed, model_cfg, turns, steps, probe_episodes, threads = job
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **BASE_LEARNER)
+    learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
+    solve = ENVS[env_id][0]
+    values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed))
+    out = score(values, solve(cfg.gamma), solve(cfg.gamma, optimal=True))
+    out.update(seed=seed, updates=steps, wall_s=round(time.time() - t0, 1))
+    print(f"{env_id} {method} seed {seed}: {out}", flush=True)
+    return {"env": env_id, "method": method, **out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--envs", nargs="+", default=["numberline", "blackjack"])
+    ap.add_argument("--methods", nargs="+", default=["sft", "afsft"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--probe-episodes", type=int, default=300)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "critic_exact.json"))
+    args = ap.parse_args()
+    if BASE_LEARNER["gamma"] != GAMMA:
+        raise SystemExit(f"critic_exact checks gamma {GAMMA}; BASE_LEARNER has {BASE_LEARNER['gamma']}")
+    import tempfile
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_cfg = ModelConfig(path=str(build_tiny_model(Path(tmp) / "tiny-vlm", seed=0)), **BASE_MODEL)
+        jobs = []
+        for env_id in args.envs:
+            turns, _ = collect(args.episodes, seed=0, env_id=env_id)
+            print(f"{env_id}: {args.episodes} random episodes, {len(turns)} turns", flush=True)
+            jobs += [
+                (env_id, m, s, model_cfg, turns, args.steps, args.probe_episodes, 1)
+                for m in args.methods
+                for s in args.seeds
+            ]
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            runs = pool.map(run_one, jobs, chunksize=1)
+    envs: dict = {}
+    for r in runs:
+        envs.setdefault(r.pop("env"), {}).setdefault(r.pop("method"), []).append(r)
+    out = {
+        "gamma": GAMMA,
+        "envs": {e: {"seeds": m.get("sft", []), "afsft": m.get("afsft", [])} for e, m in envs.items()},
+        "config": {
+            "learner": BASE_LEARNER,
+            "model": BASE_MODEL,
+            "episodes": args.episodes,
+            "obs_mode": OBS_MODE,
+        },
+        "wall_s": round(time.time() - t0, 1),
+        "note": "seeds: policy evaluation (actor SFT on the random data; exact Q^pi of the random policy); "
+        "afsft: the probe and the greedy choice against the optimal action",
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
