@@ -211,7 +211,9 @@ def run_one(job: tuple) -> dict:
     env_id, method, seed, model_cfg, turns, steps, probe_episodes, threads = job
     torch.set_num_threads(threads)
     t0 = time.time()
-    cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **BASE_LEARNER)
+    cfg = LearnerConfig(seed=seed, **BASE_LEARNER)
+    if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
+        cfg.filter = "none"
     learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
     solve = ENVS[env_id][0]
     values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed))

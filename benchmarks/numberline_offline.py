@@ -44,8 +44,10 @@ OBS_MODE = "both"
 # (the critic must combine the move with the two digits), the critic loss weighted up and batches of
 # 128 (else the actor's noise on random moves drowns the critic's signal in the shared LoRA), 400 SFT
 # updates while the critic learns, a filter that keeps tokens the critic cannot tell from the
-# average. Gamma 0.9 with every token of a turn regressing on the turn's end target (td_lambda 1) and
-# the heads starting at the lowest return (docs/learner.md, "The critic across turns").
+# average. Gamma 0.9: every token of a turn regresses on the turn's end target (td_lambda 1), V is the
+# value head, the critic loss weighs 10 (30 drowns the actor at gamma 0.9), the filter is the exp
+# weight exp(5 A / reward range) and both rates decay by a cosine over the run (docs/learner.md,
+# "The critic across turns").
 BASE_LEARNER = dict(
     batch_size=128,
     lr=3e-3,
@@ -53,9 +55,11 @@ BASE_LEARNER = dict(
     gamma=0.9,
     td_lambda=1.0,
     tau=0.2,
-    critic_coef=30.0,
+    critic_coef=10.0,
     sft_warmup_steps=400,
-    threshold=0.0,
+    filter="exp",
+    beta=5.0,
+    lr_decay_steps=700,
 )
 BASE_MODEL: dict = dict(
     lora_r=16,
@@ -193,7 +197,10 @@ def run_one(job: tuple) -> dict:
     method, seed, model_cfg, base, turns, steps, eval_episodes, threads = job
     torch.set_num_threads(threads)
     t0 = time.time()
-    cfg = LearnerConfig(seed=seed, filter="binary" if method == "afsft" else "none", **base)
+    # afsft uses the base's filter (binary unless --set filter=exp); sft and sft_plain use none
+    cfg = LearnerConfig(seed=seed, **{"filter": "binary", **base})
+    if method != "afsft":
+        cfg.filter = "none"
     if method == "sft_plain":  # the paper's baseline: no critic loss shapes the LoRA
         cfg.critic_coef = 0.0
     learner = train(model_cfg, turns, cfg, steps, log_every=100, probe=True)
@@ -270,6 +277,7 @@ def main() -> None:
             "learner": base,
             "model": model_kw,
             "episodes": args.episodes,
+            "data_policy": os.environ.get("BENCH_POLICY", "random"),
             "turns": len(turns),
             "eval_episodes": args.eval_episodes,
             "eval_seed": EvalConfig().seed,

@@ -231,7 +231,7 @@ def test_critic_gradient_reaches_only_the_critic_and_actor_only_the_policy():
         rewards,
         discounts,
         torch.zeros(1),
-        LearnerConfig(critic_coef=1.0, td_lambda=0.0, value="policy"),
+        LearnerConfig(critic_coef=1.0, td_lambda=0.0, value="policy", filter="binary"),
     )
     loss.backward()
     assert q_target.grad is None

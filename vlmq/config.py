@@ -91,13 +91,16 @@ class LearnerConfig:
     # critic heads start at reward_min / (1 - gamma) (no return is lower), and advantages are read in
     # units of (max - min), so `threshold` and `beta` mean the same in every env.
     reward_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
-    filter: Literal["binary", "exp", "none"] = "binary"  # "none" is plain SFT (w = 1)
-    threshold: float = 0.0  # binary filter: keep tokens with A / (reward range) above this
+    # AFSFT weight from A / (reward range): "exp" min(exp(beta a), w_max) (default: a binary cut at one
+    # threshold either starves the format or keeps wrong moves, docs/learner.md), "binary"
+    # 1[a > threshold], "none" plain SFT (w = 1)
+    filter: Literal["binary", "exp", "none"] = "exp"
+    threshold: float = 0.0
     # The actor trains as SFT (w = 1) for this many first updates while the critic learns: a model
     # that cannot yet write the output format (the tiny random one) would otherwise have its
     # end-of-turn tokens filtered and V leak onto untrained tokens (docs/learner.md).
     sft_warmup_steps: int = 0
-    beta: float = 1.0
+    beta: float = 5.0
     w_max: float = 20.0
     offline_steps: int = 500
     online_steps: int = 500
