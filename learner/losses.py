@@ -15,7 +15,7 @@ state whose logits predict generated token k) and the action a = y_{t,k}. Paddin
     next_v   (B,)          V_target(s_{t+1,1}) from the no-grad pass over the next turn's prompt
 
 Units: an advantage is read in units of one turn's reward range (`advantage_unit`), so `threshold`
-and `beta` mean the same in every env; the critic heads start at `q_floor`, the lowest return.
+and `beta` mean the same in every env; with `value: policy` the critic heads start at `q_floor`.
 
 Sums are divided by `denom` (default: the number of generated tokens here). Data-parallel workers pass
 the global token count, so their losses and metrics add up to those of the whole batch.
@@ -54,8 +54,8 @@ def advantage_unit(cfg: LearnerConfig) -> float:
 
 
 def q_floor(cfg: LearnerConfig) -> float:
-    """reward_min / (1 - gamma), scaled: no return is lower. The critic heads start here, so a token the
-    data never shows looks as bad as the worst outcome, and V = sum_a pi Q cannot be lifted by it."""
+    """reward_min / (1 - gamma), scaled: no return is lower. With value "policy" the critic heads start
+    here, so a token the data never shows looks as bad as the worst outcome and cannot lift sum_a pi Q."""
     return cfg.reward_range[0] * cfg.reward_scale / (1.0 - cfg.gamma)
 
 
