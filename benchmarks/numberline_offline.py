@@ -269,6 +269,7 @@ def main() -> None:
         for k in keys:
             results[r["method"]][k].append(round(r[k], 4))
     out = {
+        "gamma": base["gamma"],
         **results,
         "random_policy": {"success": rand, "train_data_success": random_success},
         "steps": args.steps,
