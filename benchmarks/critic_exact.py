@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from functools import cache
@@ -134,6 +135,43 @@ def blackjack_key(env) -> tuple:
 
 
 ENVS = {"numberline": (numberline_q, numberline_key), "blackjack": (blackjack_q, blackjack_key)}
+VALUES = {"A": 1, "J": 10, "Q": 10, "K": 10}
+
+
+def text_key(env_id: str, messages: list) -> tuple:
+    """The exact-value key of a prompt, read back from the state in words (obs_mode both)."""
+    text = messages[0]["content"][-1]["text"]
+    if env_id == "numberline":
+        goal, pos = re.search(r"Target: (\d)\. Current: (\d)\.", text).groups()
+        return int(pos), int(goal)
+    up, cards = re.search(r"Dealer shows: (\w+)\. Your cards: ([^(]+) \(", text).groups()
+    vals = [VALUES.get(c, int(c) if c.isdigit() else 0) for c in cards.split(", ")]
+    return sum(vals), 1 in vals, VALUES.get(up, int(up) if up.isdigit() else 0)
+
+
+def data_ceiling(env_id: str, turns: list, exact: dict, gamma: float) -> dict:
+    """What the dataset itself allows: per (state, action), the mean of its turns' one-step targets
+    r + gamma (1 - done) V^pi(s') with the exact V^pi, against the exact Q^pi. A critic that fit its
+    targets perfectly on this data would score this."""
+    v = {k: sum(q.values()) / len(q) for k, q in exact.items()}
+    sums: dict = {}
+    for t in turns:
+        if not t.syntax_ok:
+            continue
+        y = t.reward + (0.0 if t.terminated else gamma * v[text_key(env_id, t.next_messages)])
+        key = (text_key(env_id, t.messages), t.action)
+        n, total = sums.get(key, (0, 0.0))
+        sums[key] = (n + 1, total + y)
+    pairs = [(exact[k][a], total / n) for (k, a), (n, total) in sums.items()]
+    x, y = np.array(pairs).T
+    counts = [n for n, _ in sums.values()]
+    return {
+        "spearman": round(pearson(ranks(x), ranks(y)), 4),
+        "pearson": round(pearson(x, y), 4),
+        "mae": round(float(np.abs(x - y).mean()), 4),
+        "pairs": len(pairs),
+        "median_turns_per_pair": float(np.median(counts)),
+    }
 
 
 def probe_states(env_id: str, episodes: int, seed: int) -> list[tuple[tuple, tuple]]:
@@ -233,7 +271,17 @@ def main() -> None:
     ap.add_argument("--probe-episodes", type=int, default=300)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "critic_exact.json"))
+    ap.add_argument("--ceiling", action="store_true", help="only the data ceiling (no training)")
     args = ap.parse_args()
+    if args.ceiling:
+        out = {}
+        for env_id in args.envs:
+            turns, _ = collect(args.episodes, seed=0, env_id=env_id)
+            out[env_id] = data_ceiling(env_id, turns, ENVS[env_id][0](GAMMA), GAMMA)
+        path = Path(args.out).with_name("critic_exact_data_ceiling.json")
+        path.write_text(json.dumps({"gamma": GAMMA, "episodes": args.episodes, "envs": out}, indent=1))
+        print(json.dumps(out, indent=1))
+        return
     if BASE_LEARNER["gamma"] != GAMMA:
         raise SystemExit(f"critic_exact checks gamma {GAMMA}; BASE_LEARNER has {BASE_LEARNER['gamma']}")
     import tempfile
