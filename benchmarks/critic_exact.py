@@ -49,23 +49,24 @@ GAMMA = 0.9
 
 # -- exact values ---------------------------------------------------------------------------------
 def numberline_q(gamma: float, optimal: bool = False) -> dict:
-    """{(pos, goal): {"-": Q, "+": Q}} for the uniform random policy (or the optimal one)."""
-    n = 6
+    """{(pos, goal): {"-": Q, "+": Q}} for the uniform random policy (or the optimal one); each move
+    follows the env's own rules (`NumberLine._apply`)."""
+    env = make_env("numberline")
+    n = env.MAX + 1
     states = [(p, g) for p in range(n) for g in range(n) if p != g]
-
-    def step(p, g, a):
-        q = max(0, p - 1) if a == "-" else min(n - 1, p + 1)
-        if q == g:
-            return 1.0, None
-        return (-1.0 if abs(q - g) >= abs(p - g) else 0.0), (q, g)
-
+    moves = {}
+    for s in states:
+        for a in "-+":
+            env.pos, env.goal = s
+            r, terminated, _ = env._apply(a)
+            moves[s, a] = r, None if terminated else (env.pos, env.goal)
     v = dict.fromkeys(states, 0.0)
     for _ in range(2000):
         qs = {}
         for s in states:
             qs[s] = {}
             for a in "-+":
-                r, nxt = step(*s, a)
+                r, nxt = moves[s, a]
                 qs[s][a] = r + (gamma * v[nxt] if nxt else 0.0)
         v = {s: max(q.values()) if optimal else sum(q.values()) / 2 for s, q in qs.items()}
     return qs

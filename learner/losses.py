@@ -135,11 +135,8 @@ def vlmq_losses(
     # target heads' Q, so its advantage is taken from them too (IQL): online Q minus a V that lags it
     # would drop every token at once whenever the online heads move.
     with torch.no_grad():
-        if cfg.value == "policy":
-            q_adv, v = q_sa.mean(0), state_values(logits, q)
-        else:
-            q_adv, v = q_sa_target, v_head.detach().float()
-        adv = q_adv - v
+        v = values(logits, q, v_head, cfg)
+        adv = (q_sa.mean(0) if cfg.value == "policy" else q_sa_target) - v
         w = filter_weights(adv, cfg)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, actions[..., None]).squeeze(-1)
     actor_loss = -(w * logp * mask).sum() / n

@@ -42,7 +42,8 @@ def lora_config(cfg: ModelConfig):
 
 
 class DualHeadModel(nn.Module):
-    """backbone + LoRA (peft) + critic heads + target heads. `forward` returns token-aligned tensors."""
+    """backbone + LoRA (peft) + critic heads + target heads + value head. `forward` returns
+    token-aligned tensors."""
 
     def __init__(self, cfg: ModelConfig, seed: int = 0, q_init: float = 0.0):
         super().__init__()

@@ -62,6 +62,8 @@ def test_reward_range_must_hold_the_syntax_penalty():
     assert (
         load_config(None, ["env.syntax_penalty=-2", "learner.reward_range=[-2, 1]"]).env.syntax_penalty == -2
     )
+    with pytest.raises(ConfigError, match=r"learner.reward_range: expected \[min, max\]"):
+        load_config(None, ["learner.reward_range=[-1, 0, 1]"])
 
 
 def test_learner_refuses_values_outside_their_range():

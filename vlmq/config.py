@@ -87,9 +87,9 @@ class LearnerConfig:
     tau: float = 0.01  # Polyak rate of the target critic heads
     critic_coef: float = 1.0
     reward_scale: float = 1.0  # the replay stores raw rewards; the learner scales them
-    # Lowest and highest raw reward of one turn, syntax penalty included. They set the units: the
-    # critic heads start at reward_min / (1 - gamma) (no return is lower), and advantages are read in
-    # units of (max - min), so `threshold` and `beta` mean the same in every env.
+    # Lowest and highest raw reward of one turn, syntax penalty included. They set the units:
+    # advantages are read in units of (max - min), so `threshold` and `beta` mean the same in every
+    # env, and with value "policy" the critic heads start at reward_min / (1 - gamma).
     reward_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
     # AFSFT weight from A / (reward range): "exp" min(exp(beta a), w_max) (default: a binary cut at one
     # threshold either starves the format or keeps wrong moves, docs/learner.md), "binary"
@@ -263,6 +263,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _check(cfg: RunConfig) -> None:
     """Rules across sections."""
+    if len(cfg.learner.reward_range) != 2:
+        raise ConfigError(f"learner.reward_range: expected [min, max], got {cfg.learner.reward_range}")
     lo, hi = cfg.learner.reward_range
     if not lo <= cfg.env.syntax_penalty <= hi:
         raise ConfigError(
