@@ -18,7 +18,12 @@ action of every probe state (the distinct states of held-out episodes):
   (value iteration), and the share of states where the policy's greedy choice at that token is optimal.
 
     .venv/bin/python benchmarks/critic_exact.py [--envs numberline blackjack] [--seeds 0 1 2]
-        [--methods sft afsft] [--steps 700] [--out benchmarks/results/critic_exact.json]
+        [--methods sft afsft] [--steps 700] [--episodes 2000] [--jobs 2]
+        [--out benchmarks/results/critic_exact.json]
+
+Each env's entry in the output is replaced by a run that names it and kept otherwise, so the envs can be
+run one at a time (each entry records its own episodes and updates). `--jobs 1` trains in this process:
+the data is not copied into workers (Blackjack's frames are all distinct, 270 KB each).
 """
 
 from __future__ import annotations
@@ -250,7 +255,7 @@ def run_one(job: tuple) -> dict:
     env_id, method, seed, model_cfg, turns, steps, probe_episodes, threads = job
     torch.set_num_threads(threads)
     t0 = time.time()
-    cfg = LearnerConfig(seed=seed, **BASE_LEARNER)
+    cfg = LearnerConfig(seed=seed, **{**BASE_LEARNER, "lr_decay_steps": steps})  # the cosine spans the run
     if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
         cfg.filter = "none"
     learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
@@ -290,36 +295,51 @@ def main() -> None:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         model_cfg = ModelConfig(path=str(build_tiny_model(Path(tmp) / "tiny-vlm", seed=0)), **BASE_MODEL)
-        jobs = []
+        runs = []
         for env_id in args.envs:
             turns, _ = collect(args.episodes, seed=0, env_id=env_id)
             print(f"{env_id}: {args.episodes} random episodes, {len(turns)} turns", flush=True)
-            jobs += [
-                (env_id, m, s, model_cfg, turns, args.steps, args.probe_episodes, 1)
+            jobs = [
+                (env_id, m, s, model_cfg, turns, args.steps, args.probe_episodes, 3 - min(args.jobs, 2))
                 for m in args.methods
                 for s in args.seeds
             ]
-        import multiprocessing as mp
+            if args.jobs == 1:
+                runs += [run_one(j) for j in jobs]
+            else:
+                import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            runs = pool.map(run_one, jobs, chunksize=1)
-    envs: dict = {}
-    for r in runs:
-        envs.setdefault(r.pop("env"), {}).setdefault(r.pop("method"), []).append(r)
-    out = {
-        "gamma": GAMMA,
-        "envs": {e: {"seeds": m.get("sft", []), "afsft": m.get("afsft", [])} for e, m in envs.items()},
-        "config": {
-            "learner": BASE_LEARNER,
-            "model": BASE_MODEL,
-            "episodes": args.episodes,
-            "obs_mode": OBS_MODE,
-        },
-        "wall_s": round(time.time() - t0, 1),
-        "note": "seeds: policy evaluation (actor SFT on the random data; exact Q^pi of the random policy); "
-        "afsft: the probe and the greedy choice against the optimal action",
-    }
-    Path(args.out).write_text(json.dumps(out, indent=1))
+                with mp.get_context("spawn").Pool(args.jobs) as pool:
+                    runs += pool.map(run_one, jobs, chunksize=1)
+            del turns, jobs
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if path.exists() else {"gamma": GAMMA, "envs": {}}
+    if out.get("gamma") != GAMMA:
+        raise SystemExit(f"{path} holds gamma {out.get('gamma')}, not {GAMMA}; pass another --out")
+    for env_id in args.envs:
+        mine = [r for r in runs if r["env"] == env_id]
+        out["envs"][env_id] = {
+            "seeds": [r for r in mine if r["method"] == "sft"],
+            "afsft": [r for r in mine if r["method"] == "afsft"],
+            "config": {
+                "learner": {**BASE_LEARNER, "lr_decay_steps": args.steps},
+                "model": BASE_MODEL,
+                "episodes": args.episodes,
+                "updates": args.steps,
+                "obs_mode": OBS_MODE,
+                "wall_s": round(time.time() - t0, 1),
+            },
+        }
+        for r in mine:
+            del r["env"], r["method"]
+    out.pop("config", None)
+    out.pop("wall_s", None)
+    out["note"] = (
+        "seeds: policy evaluation (actor SFT on the random data; exact Q^pi of the random policy); "
+        "afsft: the probe and the greedy choice against the optimal action; each env's config says its "
+        "data and updates"
+    )
+    path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 
 
