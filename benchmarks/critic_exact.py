@@ -21,8 +21,8 @@ action of every probe state (the distinct states of held-out episodes):
         [--methods sft afsft] [--steps 700] [--episodes 2000] [--jobs 2]
         [--out benchmarks/results/critic_exact.json]
 
-Each env's entry in the output is replaced by a run that names it and kept otherwise, so the envs can be
-run one at a time (each entry records its own episodes and updates). `--jobs 1` trains in this process:
+A run replaces the entries of the envs and methods it names and keeps the others, so they can be run
+one at a time (each entry records its own episodes and updates). `--jobs 1` trains in this process:
 the data is not copied into workers (Blackjack's frames are all distinct, 270 KB each).
 """
 
@@ -254,7 +254,6 @@ def score(values: list[dict], exact: dict, optimal: dict) -> dict:
 def run_one(job: tuple) -> dict:
     env_id, method, seed, model_cfg, turns, steps, probe_episodes, threads = job
     torch.set_num_threads(threads)
-    t0 = time.time()
     cfg = LearnerConfig(seed=seed, **{**BASE_LEARNER, "lr_decay_steps": steps})  # the cosine spans the run
     if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
         cfg.filter = "none"
@@ -262,7 +261,7 @@ def run_one(job: tuple) -> dict:
     solve = ENVS[env_id][0]
     values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed))
     out = score(values, solve(cfg.gamma), solve(cfg.gamma, optimal=True))
-    out.update(seed=seed, updates=steps, wall_s=round(time.time() - t0, 1))
+    out.update(seed=seed, episodes=len({t.episode_id for t in turns}), updates=steps, wall_s=round(time.time() - t0, 1))
     print(f"{env_id} {method} seed {seed}: {out}", flush=True)
     return {"env": env_id, "method": method, **out}
 
@@ -292,7 +291,6 @@ def main() -> None:
         raise SystemExit(f"critic_exact checks gamma {GAMMA}; BASE_LEARNER has {BASE_LEARNER['gamma']}")
     import tempfile
 
-    t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         model_cfg = ModelConfig(path=str(build_tiny_model(Path(tmp) / "tiny-vlm", seed=0)), **BASE_MODEL)
         runs = []
@@ -317,27 +315,23 @@ def main() -> None:
     if out.get("gamma") != GAMMA:
         raise SystemExit(f"{path} holds gamma {out.get('gamma')}, not {GAMMA}; pass another --out")
     for env_id in args.envs:
-        mine = [r for r in runs if r["env"] == env_id]
-        out["envs"][env_id] = {
-            "seeds": [r for r in mine if r["method"] == "sft"],
-            "afsft": [r for r in mine if r["method"] == "afsft"],
-            "config": {
-                "learner": {**BASE_LEARNER, "lr_decay_steps": args.steps},
-                "model": BASE_MODEL,
-                "episodes": args.episodes,
-                "updates": args.steps,
-                "obs_mode": OBS_MODE,
-                "wall_s": round(time.time() - t0, 1),
-            },
+        entry = out["envs"].setdefault(env_id, {"seeds": [], "afsft": []})
+        for method, key in (("sft", "seeds"), ("afsft", "afsft")):
+            if method in args.methods:  # the methods run replace theirs; the others' stay
+                entry[key] = [r for r in runs if r["env"] == env_id and r["method"] == method]
+        entry["config"] = {
+            "learner": {**BASE_LEARNER, "lr_decay_steps": "updates"},
+            "model": BASE_MODEL,
+            "obs_mode": OBS_MODE,
         }
-        for r in mine:
-            del r["env"], r["method"]
+    for r in runs:
+        del r["env"], r["method"]
     out.pop("config", None)
     out.pop("wall_s", None)
     out["note"] = (
         "seeds: policy evaluation (actor SFT on the random data; exact Q^pi of the random policy); "
-        "afsft: the probe and the greedy choice against the optimal action; each env's config says its "
-        "data and updates"
+        "afsft: the probe and the greedy choice against the optimal action; each run records its episodes "
+        "and updates (the learning rates' cosine spans the run)"
     )
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
