@@ -254,6 +254,7 @@ def score(values: list[dict], exact: dict, optimal: dict) -> dict:
 def run_one(job: tuple) -> dict:
     env_id, method, seed, model_cfg, turns, steps, probe_episodes, threads = job
     torch.set_num_threads(threads)
+    t0 = time.time()
     cfg = LearnerConfig(seed=seed, **{**BASE_LEARNER, "lr_decay_steps": steps})  # the cosine spans the run
     if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
         cfg.filter = "none"
@@ -261,7 +262,12 @@ def run_one(job: tuple) -> dict:
     solve = ENVS[env_id][0]
     values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed))
     out = score(values, solve(cfg.gamma), solve(cfg.gamma, optimal=True))
-    out.update(seed=seed, episodes=len({t.episode_id for t in turns}), updates=steps, wall_s=round(time.time() - t0, 1))
+    out.update(
+        seed=seed,
+        episodes=len({t.episode_id for t in turns}),
+        updates=steps,
+        wall_s=round(time.time() - t0, 1),
+    )
     print(f"{env_id} {method} seed {seed}: {out}", flush=True)
     return {"env": env_id, "method": method, **out}
 
