@@ -1,4 +1,4 @@
-"""The VLMQ losses (DESIGN.md 1.2-1.3), on token-aligned tensors.
+"""The VLMQ losses (docs/design.md, sections 1.2-1.3), on token-aligned tensors.
 
 Every tensor is indexed by (turn b, generated token k): position k holds the state s_{t,k} (the hidden
 state whose logits predict generated token k) and the action a = y_{t,k}. Padding has mask 0.
@@ -106,7 +106,7 @@ def vlmq_losses(
     denom: float | torch.Tensor | None = None,
     v_head: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_actor + critic_coef * (L_critic + L_value), plus the metrics DESIGN.md asks to log every step."""
+    """L = L_actor + critic_coef * (L_critic + L_value), plus the per-step metrics (docs/design.md)."""
     mask = mask.float()
     n = mask.sum().clamp(min=1.0) if denom is None else denom
     logits = logits.float()
