@@ -1,4 +1,4 @@
-"""Turns -> padded token tensors for the losses (DESIGN.md 1.1).
+"""Turns -> padded token tensors for the losses (docs/design.md, section 1.1).
 
 A row is one turn: its prompt encoded by the model's own processor (`encode_prompt`), then the exact
 token ids the sampler generated. The state for generated token k (0-based) sits at position
