@@ -15,6 +15,9 @@ Versions: an episode's first completion fixes its policy version; its later turn
 that version (resident for the last `resident_versions` pushes), so an episode is played by one policy.
 A sampler call that raises or exceeds `sampler.timeout_s` is resubmitted (to the next sampler, if
 several) up to `sampler.retries` times, then the runner raises: it never hangs.
+
+Samplers are Ray actor handles, or local backends (a `ScriptedBackend` object) that answer in the
+runner's own thread: datasets are collected that way (`actors/collect.py`), through this same loop.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import collections
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,7 @@ import ray
 
 from actors.protocol import Completion, Request
 from envs import format_action, make_env
+from learner.processing import text_to_gen_ids
 from replay.turn import Turn
 from vlmq.config import RunConfig
 
@@ -70,7 +74,9 @@ class Runner:
     """The runner's logic; `EnvRunner` is the same class as a Ray actor (threaded, so `stats` and `stop`
     answer while `run` works)."""
 
-    def __init__(self, cfg: RunConfig, samplers: list, replay: Any = None, index: int = 0):
+    def __init__(
+        self, cfg: RunConfig, samplers: list, replay: Any = None, index: int = 0, tag: str | None = None
+    ):
         if not samplers:
             raise ValueError("an EnvRunner needs at least one sampler handle")
         if cfg.runner.envs_per_runner < 1 or cfg.runner.pipeline_groups < 1:
@@ -86,7 +92,8 @@ class Runner:
         self.samplers = list(samplers)
         self.replay = replay
         self.index = index
-        self.tag = f"r{index}-{uuid.uuid4().hex[:8]}"  # unique across runners and their restarts
+        # episode ids: unique across runners and their restarts, or the caller's (a dataset's, reproducible)
+        self.tag = tag or f"r{index}-{uuid.uuid4().hex[:8]}"
         self.rng = np.random.default_rng([cfg.seed, index])
         self.slots = [_Slot(self._make_env()) for _ in range(cfg.runner.envs_per_runner)]
         self.eval_slots: list[_Slot] = []
@@ -110,15 +117,22 @@ class Runner:
     def run(self, num_turns: int | None = None) -> dict:
         """Collect `num_turns` turns (None: until `stop()`), send them to replay, return `stats()`."""
         self._stop.clear()
-        mode = _Mode(self.cfg.sampler.temperature, self.cfg.runner.epsilon, True, self._train_seeds())
         target = self.totals["turns"] + num_turns if num_turns is not None else None
+        return self._record(
+            self._train_seeds(),
+            lambda: self._stop.is_set() or (target is not None and self.totals["turns"] >= target),
+        )
+
+    def play(self, seeds: Iterable[int]) -> dict:
+        """One recorded episode per seed (a dataset), sent to replay; returns `stats()` once all are played.
+        An episode whose env crashes is dropped and counted, as in `run`."""
+        return self._record(iter(seeds), lambda: False)
+
+    def _record(self, seeds: Iterator[int], done) -> dict:
+        mode = _Mode(self.cfg.sampler.temperature, self.cfg.runner.epsilon, True, seeds)
         t0 = time.perf_counter()
         try:
-            self._loop(
-                self.slots,
-                mode,
-                lambda: self._stop.is_set() or (target is not None and self.totals["turns"] >= target),
-            )
+            self._loop(self.slots, mode, done)
         finally:
             self._run_time += time.perf_counter() - t0
             self._send(force=True)
@@ -206,9 +220,12 @@ class Runner:
         return calls
 
     def _call(self, reqs: list[Request], version: int | None, attempt: int):
+        """An ObjectRef from a sampler actor, or a local backend's completions (answered at once)."""
         sampler = self.samplers[(self.index + attempt + self.totals["calls"]) % len(self.samplers)]
         self.totals["calls"] += 1
-        return sampler.generate.remote(reqs, version)
+        if isinstance(sampler, ray.actor.ActorHandle):
+            return sampler.generate.remote(reqs, version)
+        return sampler.generate(reqs, version)
 
     def _collect(self, calls: list, mode: _Mode) -> list[tuple[_Slot, Completion]]:
         out = []
@@ -216,7 +233,7 @@ class Runner:
             attempt = 0
             while True:
                 try:
-                    comps = ray.get(ref, timeout=self.cfg.sampler.timeout_s)
+                    comps = ref if isinstance(ref, list) else ray.get(ref, timeout=self.cfg.sampler.timeout_s)
                     break
                 except (ray.exceptions.RayError, TimeoutError) as err:
                     attempt += 1
@@ -369,7 +386,7 @@ class Runner:
     def _tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
             return []
-        return self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return text_to_gen_ids(self.tokenizer, text, self.cfg.sampler.max_tokens)
 
     def _make_env(self):
         e = self.cfg.env

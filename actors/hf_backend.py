@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from actors.protocol import Completion, Request
-from learner.processing import encode_prompt, load_processor
+from learner.processing import encode_prompt, load_processor, suppressed_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,10 +48,7 @@ class HFBackend:
             self.eos_id = tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.tokenizer = tok
-        # A model (a random one above all) may sample special tokens; an image placeholder in the output
-        # would break every later forward pass over it, so all special tokens but EOS are never sampled.
-        special = {i for i, t in tok.added_tokens_decoder.items() if t.special} | set(tok.all_special_ids)
-        self.suppress = sorted(special - {self.eos_id})
+        self.suppress = suppressed_ids(tok, self.eos_id)
         self.peft = False
         torch.manual_seed(seed)
 

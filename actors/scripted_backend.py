@@ -16,12 +16,13 @@ import numpy as np
 from actors.protocol import Completion, Request
 from envs import format_action
 from envs.policies import make_policy
+from learner.processing import text_to_gen_ids
 
 SCRIPTED_VERSION = -1
 
 
 class ScriptedBackend:
-    def __init__(self, policy: str = "random", tokenizer_path: str | None = None, seed: int = 0):
+    def __init__(self, policy: str = "random", tokenizer_path: str | None = None, seed: int | list[int] = 0):
         self.policy = make_policy(policy)
         self.rng = np.random.default_rng(seed)
         self.tokenizer = None
@@ -40,8 +41,7 @@ class ScriptedBackend:
             text = self.policy.act(r.legal_actions, r.expert_action, self.rng, format_action)
             ids: list[int] = []
             if self.tokenizer is not None:
-                ids = self.tokenizer.encode(text, add_special_tokens=False)[: r.max_tokens - 1]
-                ids.append(self.tokenizer.eos_token_id)
+                ids = text_to_gen_ids(self.tokenizer, text, r.max_tokens)
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)  # as if cut at max_tokens
             out.append(
                 Completion(gen_ids=ids, text=text, logprobs=[], prompt_ids=[], version=SCRIPTED_VERSION)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from actors.protocol import Completion, Request
-from learner.processing import chat_text, load_processor, to_pil
+from learner.processing import chat_text, load_processor, suppressed_ids, to_pil
 
 
 def _cpu_defaults() -> None:
@@ -53,12 +53,8 @@ class VLLMBackend:
 
         self.processor = load_processor(model_path, text_only=text_only)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        # As in the hf backend: special tokens other than EOS (an <image> placeholder above all) are never
-        # sampled, since one in an output would break every later forward pass over that turn. The bias
-        # acts on sampling only; the reported log-probs stay the model's own.
-        tok = self.tokenizer
-        special = {i for i, t in tok.added_tokens_decoder.items() if t.special} | set(tok.all_special_ids)
-        self.suppress = {i: -100.0 for i in sorted(special - {tok.eos_token_id})}
+        # The bias acts on sampling only; the reported log-probs stay the model's own.
+        self.suppress = {i: -100.0 for i in suppressed_ids(self.tokenizer, self.tokenizer.eos_token_id)}
         self.llm = LLM(
             model=model_path,
             dtype=dtype,

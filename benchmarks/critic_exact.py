@@ -45,7 +45,7 @@ from numberline_offline import BASE_LEARNER, BASE_MODEL, OBS_MODE, answer_heads,
 from envs import make_env  # noqa: E402
 from envs.base import format_action  # noqa: E402
 from envs.cards import Blackjack  # noqa: E402
-from learner.batch import text_to_gen_ids  # noqa: E402
+from learner.processing import text_to_gen_ids  # noqa: E402
 from vlmq.config import EvalConfig, LearnerConfig, ModelConfig  # noqa: E402
 from vlmq.tiny_model import build_tiny_model  # noqa: E402
 

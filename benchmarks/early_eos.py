@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from numberline_offline import answer_heads, evaluate, start_states  # noqa: E402
 
 from envs.base import format_action  # noqa: E402
-from learner.batch import text_to_gen_ids  # noqa: E402
+from learner.processing import text_to_gen_ids  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
 

@@ -27,16 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow.compute as pc  # noqa: E402
 import torch  # noqa: E402
 
+from actors.collect import play  # noqa: E402
 from envs import make_env  # noqa: E402
 from envs.base import format_action  # noqa: E402
-from envs.policies import make_policy  # noqa: E402
-from learner.batch import build_batch, text_to_gen_ids  # noqa: E402
-from learner.processing import encode_prompt  # noqa: E402
+from learner.batch import build_batch  # noqa: E402
+from learner.processing import encode_prompt, text_to_gen_ids  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
-from replay.datasets import run_episode  # noqa: E402
 from replay.store import ImageStore, open_root, read_folder  # noqa: E402
 from replay.turn import Turn, rows_to_turns  # noqa: E402
-from vlmq.config import EvalConfig, LearnerConfig, ModelConfig  # noqa: E402
+from vlmq.config import DataConfig, EnvConfig, EvalConfig, LearnerConfig, ModelConfig, RunConfig  # noqa: E402
 from vlmq.tiny_model import build_tiny_model  # noqa: E402
 
 OBS_MODE = "both"
@@ -69,20 +68,20 @@ BASE_MODEL: dict = dict(
 
 
 def collect(episodes: int, seed: int, env_id: str = "numberline") -> tuple[list[Turn], float]:
-    """Random-policy episodes as replay Turns (text actions; the learner tokenizes them + EOS)."""
-    env, policy, rng = (
-        make_env(env_id, obs_mode=OBS_MODE),
-        make_policy(os.environ.get("BENCH_POLICY", "random")),
-        random.Random(seed),
+    """Scripted-policy episodes as replay Turns, through the env runner (text actions; the learner
+    tokenizes them + EOS). BENCH_POLICY picks the policy (default random)."""
+    cfg = RunConfig(
+        env=EnvConfig(id=env_id, obs_mode=OBS_MODE),
+        data=DataConfig(policy=os.environ.get("BENCH_POLICY", "random")),
     )
-    episodes_ = [run_episode(env, policy, e, rng, f"ep{e}", env_id) for e in range(seed, seed + episodes)]
+    turns, _ = play(cfg, range(seed, seed + episodes), seed)
     # One array per distinct image: the game has few states, the data many turns.
     canon: dict[bytes, object] = {}
-    for t in (t for ep in episodes_ for t in ep):
+    for t in turns:
         t.images = [canon.setdefault(i.tobytes(), i) for i in t.images]
         t.next_images = [canon.setdefault(i.tobytes(), i) for i in t.next_images]
-    wins = sum(ep[-1].success for ep in episodes_)
-    return [t for ep in episodes_ for t in ep], wins / episodes
+    ends = [t for t in turns if t.terminated or t.truncated]
+    return turns, sum(t.success for t in ends) / episodes
 
 
 def load_turns(root: str, version: int | None = None) -> list[Turn]:

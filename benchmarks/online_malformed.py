@@ -29,9 +29,12 @@ import torch  # noqa: E402
 from numberline_offline import evaluate, load_turns  # noqa: E402
 
 from envs.base import format_action  # noqa: E402
-from learner.batch import build_batch, text_to_gen_ids  # noqa: E402
+from learner.batch import build_batch  # noqa: E402
 from learner.losses import advantage_unit, values  # noqa: E402
-from learner.processing import load_processor  # noqa: E402
+from learner.processing import (
+    load_processor,  # noqa: E402
+    text_to_gen_ids,  # noqa: E402
+)
 from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
 

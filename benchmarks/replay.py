@@ -41,12 +41,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
+from actors.collect import collect  # noqa: E402
 from replay.client import start_replay  # noqa: E402
-from replay.datasets import DatasetWriter, collect, info  # noqa: E402
+from replay.datasets import DatasetWriter, info  # noqa: E402
 from replay.shard import shard_of  # noqa: E402
 from replay.store import open_root, read_folder  # noqa: E402
 from replay.turn import Turn, to_ipc, turns_to_table  # noqa: E402
-from vlmq.config import ReplayConfig  # noqa: E402
+from vlmq.config import DataConfig, ReplayConfig, RunConfig  # noqa: E402
 
 TEXT = "You are playing NumberLine. Move the current number to the target. " * 9
 
@@ -149,7 +150,7 @@ def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
 
 def bytes_per_turn(root: str, episodes: int) -> dict:
     out = f"{root}/numberline"
-    stats = collect("numberline", "random", episodes, out, workers=2, obs_mode="both", seed=0)
+    stats = collect(RunConfig(data=DataConfig(episodes=episodes)), out, workers=2)
     table, _ = read_folder(out)
     fs, path = open_root(out)
     size = {p.rsplit("/", 1)[-1][:-4]: fs.size(p) for p in fs.find(f"{path}/images")}

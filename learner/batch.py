@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from learner.processing import encode_prompt
+from learner.processing import encode_prompt, text_to_gen_ids
 from vlmq.config import LearnerConfig
 
 
@@ -79,12 +79,6 @@ def _collate(encoded: list[dict], pad_id: int) -> Prompts:
         except RuntimeError as err:
             raise ValueError(f"cannot batch {k!r}: shapes differ across prompts ({err})") from None
     return Prompts(ids, att, images, torch.tensor(lens) - 1)
-
-
-def text_to_gen_ids(tokenizer, text: str) -> list[int]:
-    """Scripted/random data has text but no sampler tokens: tokenize it as the model would have
-    generated it, ending in EOS (the only place the learner tokenizes an action)."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 class PromptCache:

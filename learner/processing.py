@@ -1,7 +1,9 @@
-"""Prompt encoding: the one function that turns a chat prompt plus images into token ids.
+"""Text <-> token ids, the one place: prompts (`encode_prompt`), actions (`text_to_gen_ids`) and the
+special tokens a policy may never emit (`suppressed_ids`).
 
-The hf sampler, the vLLM backend and the learner's batch builder all call `encode_prompt`, so the
-ids a sampler generated from are exactly the ids the learner trains on (token-in, token-out).
+The hf sampler, the vLLM backend, the env runner, the scripted backend and the learner's batch builder
+all call these, so the ids a sampler generated from are exactly the ids the learner trains on
+(token-in, token-out).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from replay.turn import count_placeholders
 
 
 def load_processor(model_path: str, text_only: bool = False):
@@ -34,14 +38,18 @@ def to_pil(images: list[np.ndarray]) -> list[Image.Image]:
     return out
 
 
-def _count_placeholders(messages: list[dict]) -> int:
-    return sum(
-        1
-        for m in messages
-        if not isinstance(m["content"], str)
-        for part in m["content"]
-        if part.get("type") == "image"
-    )
+def text_to_gen_ids(tokenizer, text: str, max_tokens: int = 0) -> list[int]:
+    """An action's text as the model would have generated it, ending in EOS; with `max_tokens`, cut
+    to that many ids as a sampler's length limit would (EOS kept last)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (ids[: max_tokens - 1] if max_tokens > 0 else ids) + [tokenizer.eos_token_id]
+
+
+def suppressed_ids(tokenizer, eos_id: int) -> list[int]:
+    """Special tokens other than EOS, which samplers never emit: an image placeholder in an output
+    would break every later forward pass over that turn (a random model samples them readily)."""
+    special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return sorted((special | set(tokenizer.all_special_ids)) - {eos_id})
 
 
 def chat_text(processor, messages: list[dict]) -> str:
@@ -56,7 +64,7 @@ def encode_prompt(processor, messages: list[dict], images: list[np.ndarray] | No
     Image tensors (`pixel_values`, `pixel_attention_mask`, ...) are torch tensors with a batch dim of 1.
     """
     images = list(images or [])
-    n = _count_placeholders(messages)
+    n = count_placeholders(messages)
     if n != len(images):
         raise ValueError(f"the messages have {n} image placeholders but {len(images)} images were given")
     text = chat_text(processor, messages)

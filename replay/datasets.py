@@ -1,4 +1,4 @@
-"""Datasets of turns: collect them with an env policy on Ray, summarise them, export them.
+"""Datasets of turns: write them, summarise them, export them (collecting them is `actors/collect.py`).
 
 A dataset is a folder: `seg-<n>.parquet` segments (the turn schema of replay.turn), `images/`
 (PNG by content hash) and `meta.json` (how it was made, and the segments with their row counts,
@@ -12,23 +12,18 @@ ids and no log-probs: no model produced it, so the learner tokenizes `action_tex
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 
 from replay.store import ImageStore, encode_png, list_segments, open_root, read_folder, write_segment
 from replay.turn import Turn, turns_to_table
 
 FORMAT = "vlmq-turns/1"
-MAX_EPISODES_PER_SEGMENT = 500
 
 
 class DatasetWriter:
@@ -72,112 +67,6 @@ class DatasetWriter:
         }
         with self.fs.open(f"{self.path}/meta.json", "w") as f:
             json.dump(meta, f, indent=2)
-
-
-def run_episode(env, policy, env_seed: int, rng, episode_id: str, env_id: str) -> list[Turn]:
-    """One episode of a text policy (rng: anything with .random()); each turn carries the next prompt
-    unless it terminated."""
-    obs, _ = env.reset(seed=env_seed)
-    messages, images = env.prompt(obs)
-    turns: list[Turn] = []
-    while True:
-        text = policy.act(obs.legal_actions, env.expert_action(), rng, env.format_action)
-        obs, reward, terminated, truncated, info = env.step(text)
-        nxt, nxt_images = (None, []) if terminated else env.prompt(obs)
-        turns.append(
-            Turn(
-                episode_id=episode_id,
-                turn_index=len(turns),
-                env_id=env_id,
-                seed=env_seed,
-                messages=messages,
-                images=images,
-                action_text=text,
-                action=info["action"],
-                reward=reward,
-                syntax_ok=bool(info["syntax_ok"]),
-                terminated=terminated,
-                truncated=truncated,
-                success=bool(info["success"]),
-                policy_version=-1,
-                wall_time=time.time(),
-                next_messages=nxt,
-                next_images=nxt_images,
-            )
-        )
-        if terminated or truncated:
-            return turns
-        messages, images = nxt, nxt_images
-
-
-@ray.remote(num_cpus=1)
-def _collect_chunk(env_id, policy, obs_mode, seed, first, count, tag):
-    """Episodes [first, first + count): a table plus its images as PNG (encoded here, in parallel)."""
-    from envs import EnvCrashed, make_env
-    from envs.policies import make_policy
-
-    env, pol = make_env(env_id, obs_mode=obs_mode), make_policy(policy)
-    turns = []
-    for ep in range(first, first + count):
-        for attempt in range(3):  # a crashed backend (a browser) is recreated; the episode restarts
-            try:
-                rng = np.random.default_rng([seed, ep])
-                turns += run_episode(env, pol, seed + ep, rng, f"{tag}-{ep:07d}", env_id)
-                break
-            except EnvCrashed:
-                if attempt == 2:
-                    raise
-                env = make_env(env_id, obs_mode=obs_mode)
-    env.close()
-    table, images = turns_to_table(turns)
-    return table, {h: encode_png(img) for h, img in images.items()}
-
-
-def collect(
-    env_id: str,
-    policy: str = "random",
-    episodes: int = 2000,
-    out: str = "",
-    workers: int = 2,
-    obs_mode: str = "both",
-    seed: int = 0,
-) -> dict:
-    """Collect `episodes` episodes into a new dataset folder `out` with up to `workers` Ray tasks
-    at a time (episode i uses env seed `seed + i`). Starts a local Ray unless one is running or
-    RAY_ADDRESS names a cluster. Returns info(out)."""
-    from envs.policies import make_policy
-
-    make_policy(policy)  # a bad spec fails here, not in a worker
-    if episodes < 1 or workers < 1:
-        raise ValueError(f"collect: episodes and workers must be >= 1, got {episodes}, {workers}")
-    writer = DatasetWriter(out)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
-    try:
-        tag = hashlib.blake2b(f"{env_id}|{policy}|{obs_mode}|{seed}".encode(), digest_size=4).hexdigest()
-        n_chunks = min(episodes, max(workers, math.ceil(episodes / MAX_EPISODES_PER_SEGMENT)))
-        bounds = np.linspace(0, episodes, n_chunks + 1).astype(int)
-        pending: list = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            pending.append(_collect_chunk.remote(env_id, policy, obs_mode, seed, int(lo), int(hi - lo), tag))
-            if len(pending) >= workers:  # written in chunk order: the same seed gives the same dataset
-                writer.write(*ray.get(pending.pop(0)))
-        for ref in pending:
-            writer.write(*ray.get(ref))
-    finally:
-        if started:
-            ray.shutdown()
-    meta = {
-        "env_id": env_id,
-        "policy": policy,
-        "policy_version": -1,
-        "obs_mode": obs_mode,
-        "seed": seed,
-        "episodes": episodes,
-    }
-    writer.close(meta)
-    return info(out)
 
 
 def info(path: str) -> dict:

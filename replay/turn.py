@@ -86,7 +86,8 @@ def image_hash(img: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _count_placeholders(messages: Any) -> int:
+def count_placeholders(messages: Any) -> int:
+    """The `{"type": "image"}` parts of chat messages: one image each, in order."""
     n = 0
     for m in messages:
         content = m.get("content") if isinstance(m, dict) else None
@@ -106,7 +107,7 @@ def _check_images(where: str, name: str, images: list, hashes: list, messages: A
     out = [image_hash(a) for a in images] if images else list(hashes)
     if not all(isinstance(h, str) for h in out):
         raise TurnError(f"{where}: {name.replace('images', 'image_hashes')} must be strings")
-    placeholders = _count_placeholders(messages)
+    placeholders = count_placeholders(messages)
     if placeholders != len(out):
         raise TurnError(f"{where}: the prompt has {placeholders} image placeholder(s) but {len(out)} {name}")
     return out

@@ -102,3 +102,34 @@ def test_export_jsonl_and_parquet(dataset, tmp_path, capsys):
         export(dataset, str(tmp_path / "x.csv"), fmt="csv")
     with pytest.raises(FileExistsError, match="already holds a dataset"):
         main(["data", "collect", "--env", "numberline", "--episodes", "1", "--out", dataset])
+
+
+@pytest.mark.slow
+def test_collect_plays_the_runs_env_config(ray_local, tmp_path):
+    """Collection goes through the env runner, so env.history, syntax_penalty and max_steps reach the
+    data; the same seed and workers give the same dataset."""
+    args = ["data", "collect", "--env", "numberline", "--policy", "malformed:0.5", "--episodes", "12"]
+    args += ["--workers", "2", "env.history=2", "env.syntax_penalty=-0.5", "env.max_steps=3"]
+    main(args + ["--out", str(tmp_path / "a")])
+    main(args + ["--out", str(tmp_path / "b")])
+    table, _ = read_folder(str(tmp_path / "a"))
+    again, _ = read_folder(str(tmp_path / "b"))
+    assert table.drop(["wall_time"]).equals(again.drop(["wall_time"]))
+    rows = table.to_pylist()
+    assert max(r["turn_index"] for r in rows) == 2  # max_steps 3
+    assert all(r["truncated"] for r in rows if r["turn_index"] == 2 and not r["terminated"])
+    bad = [r for r in rows if not r["syntax_ok"]]
+    assert bad and all(r["reward"] == -0.5 for r in bad)
+    by_ep: dict[str, list[dict]] = {}
+    for r in rows:
+        by_ep.setdefault(r["episode_id"], []).append(r)
+    for ep in by_ep.values():
+        for r in ep:
+            text = json.loads(r["messages"])[0]["content"][-1]["text"]
+            shown = [
+                f"Answer: {e['action_text']}" in text
+                for e in ep[max(0, r["turn_index"] - 2) : r["turn_index"]]
+            ]
+            assert all(shown) and ("Earlier turns:" in text) == (r["turn_index"] > 0)
+    meta = json.load(open(tmp_path / "a" / "meta.json"))
+    assert (meta["history"], meta["syntax_penalty"], meta["max_steps"]) == (2, -0.5, 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 
 import pytest
 import torch
@@ -17,16 +16,10 @@ from vlmq.config import LearnerConfig, ModelConfig
 
 def numberline_turns(n_episodes: int, seed: int = 0, obs_mode: str = "both") -> list:
     """Random-policy NumberLine turns, the shape the replay hands the learner (gen_ids None: text data)."""
-    from envs import make_env
-    from envs.policies import make_policy
-    from replay.datasets import run_episode
+    from actors.collect import play
+    from vlmq.config import EnvConfig, RunConfig
 
-    env, policy, rng = make_env("numberline", obs_mode=obs_mode), make_policy("random"), random.Random(seed)
-    return [
-        t
-        for e in range(seed, seed + n_episodes)
-        for t in run_episode(env, policy, e, rng, f"ep{e}", "numberline")
-    ]
+    return play(RunConfig(env=EnvConfig(obs_mode=obs_mode)), range(seed, seed + n_episodes), seed)[0]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +71,9 @@ def test_batch_layout_by_hand(tiny_vlm_dir, turns):
 def test_token_in_token_out_mismatch_is_a_clear_error(tiny_vlm_dir, turns):
     proc = load_processor(str(tiny_vlm_dir))
     t = dataclasses.replace(turns[0], prompt_ids=[1, 2, 3], gen_ids=[10, 11])
-    with pytest.raises(ValueError, match="token-in/token-out violated for episode ep0 turn 0"):
+    with pytest.raises(
+        ValueError, match=f"token-in/token-out violated for episode {turns[0].episode_id} turn 0"
+    ):
         build_batch([t], proc, LearnerConfig())
     ok = dataclasses.replace(turns[0], prompt_ids=None, gen_ids=[10, 11])
     assert build_batch([ok], proc, LearnerConfig()).actions.tolist() == [[10, 11]]
