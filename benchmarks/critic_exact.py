@@ -21,8 +21,8 @@ action of every probe state (the distinct states of held-out episodes):
         [--methods sft afsft] [--steps 700] [--episodes 2000] [--jobs 2]
         [--out benchmarks/results/critic_exact.json]
 
-A run replaces the entries of the envs and methods it names and keeps the others, so they can be run
-one at a time (each entry records its own episodes and updates). `--jobs 1` trains in this process:
+A run replaces the records of the (env, method, seed) it runs and keeps the others, so they can be run
+a few at a time (each entry records its own episodes and updates). `--jobs 1` trains in this process:
 the data is not copied into workers (Blackjack's frames are all distinct, 270 KB each).
 """
 
@@ -323,8 +323,9 @@ def main() -> None:
     for env_id in args.envs:
         entry = out["envs"].setdefault(env_id, {"seeds": [], "afsft": []})
         for method, key in (("sft", "seeds"), ("afsft", "afsft")):
-            if method in args.methods:  # the methods run replace theirs; the others' stay
-                entry[key] = [r for r in runs if r["env"] == env_id and r["method"] == method]
+            new = [r for r in runs if r["env"] == env_id and r["method"] == method]
+            kept = [r for r in entry[key] if r["seed"] not in {r["seed"] for r in new}]
+            entry[key] = sorted(kept + new, key=lambda r: r["seed"])  # runs replace their (method, seed)
         entry["config"] = {
             "learner": {**BASE_LEARNER, "lr_decay_steps": "updates"},
             "model": BASE_MODEL,
