@@ -71,10 +71,10 @@ def _gym_task(task: str = "click-test", **kwargs) -> VLMEnv:
 for _cls in CARD_ENVS.values():
     _name = f"vlmq/{_cls.__name__}-v0"
     if _name not in gym.registry:
-        gym.register(_name, entry_point=_gym_entry, kwargs={"env_id": _cls.env_id}, disable_env_checker=True)
+        gym.register(_name, entry_point=_gym_entry, kwargs={"env_id": _cls.env_id})
 for _name, _entry in (("vlmq/BabyAI-v0", _gym_level), ("vlmq/MiniWoB-v0", _gym_task)):
     if _name not in gym.registry:
-        gym.register(_name, entry_point=_entry, disable_env_checker=True)
+        gym.register(_name, entry_point=_entry)
 
 __all__ = [
     "OBS_MODES",

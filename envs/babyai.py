@@ -42,6 +42,7 @@ class BabyAIEnv(VLMEnv):
         '"toggle" (open a door or box in front), "done".'
     )
     example_action = "forward"
+    max_obs_chars = 4096  # the mission and at most 48 visible objects (about 40 characters each)
 
     def __init__(self, level: str = "GoToLocal", view: str = "full", tile_size: int = 16, **kw):
         name = level_name(level)
@@ -52,8 +53,11 @@ class BabyAIEnv(VLMEnv):
             raise ValueError(f"view {view!r} must be 'full' or 'partial'")
         self.inner = gym.make(name).unwrapped
         self.env_id = f"babyai:{name}"
-        super().__init__(**kw)
         self.view, self.tile_size = view, tile_size
+        side = self.inner.agent_view_size  # the partial view is side x side cells
+        rows, cols = (side, side) if view == "partial" else (self.inner.height, self.inner.width)
+        self.frame_shape = (rows * tile_size, cols * tile_size, 3)
+        super().__init__(**kw)
         self.reward_total = 0.0
 
     def _reset(self, options):

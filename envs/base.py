@@ -1,17 +1,17 @@
 """The one interface every vlmq env keeps: text in, (image, text) observation out.
 
 `VLMEnv.step` takes the model's raw output. It finds the action itself (`parse_agent`), so a runner,
-a scripted policy and a user with `gym.make` all score syntax the same way: an output that names no
-legal action, or more than one, costs `syntax_penalty`, leaves the game untouched and still uses up a
-turn of the time limit. It is never replaced by a random action.
+a scripted policy and a user with `gym.make` all score syntax the same way: an output that does not
+name one legal action exactly (the parsing rule in docs/envs.md) costs `syntax_penalty`, leaves the
+game untouched and still uses up a turn of the time limit. It is never replaced by a random action.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -19,48 +19,96 @@ import numpy as np
 from gymnasium import spaces
 
 OBS_MODES = ("image", "text", "both")
-_ACTION_VALUE = re.compile(r'"action"\s*:\s*(?:"([^"]*)"?|([^,}\n]*))', re.IGNORECASE)
+MAX_OUTPUT_CHARS = 4096  # default bound on an output: longer ones are malformed unread
+# Printable ASCII: letters, digits, punctuation (JSON, operators, quotes, braces) and whitespace. All
+# that `format_action` writes (json.dumps escapes the rest), every legal action and the card games' and
+# BabyAI's observation text.
+PRINTABLE = string.printable
+_ACTION_KEY = re.compile(r'"action"\s*:\s*', re.IGNORECASE)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)  # a JSON string literal, closing quote included
+_BARE = re.compile(r"([^,}\n]*)[,}\n]")  # bare text, ended by `,`, `}` or a newline
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 class EnvCrashed(RuntimeError):
     """The env's backend died (a browser). The episode is lost; make a new env to go on."""
 
 
-@dataclass
-class Observation:
-    text: str  # the observation part of the prompt (empty for image-only card games)
-    image: np.ndarray | None  # (H, W, 3) uint8, None in text mode
-    legal_actions: list[str]
+class Observation(dict):
+    """What `reset` and `step` return: a dict with the keys of the env's observation space ("text",
+    "legal_actions", and "image" unless obs_mode is "text"), so it is a member of that space; the
+    keys read as attributes too, and `.image` is None where there is no image."""
+
+    __slots__ = ()
+
+    def __init__(self, text: str, image: np.ndarray | None, legal_actions: Sequence[str]):
+        super().__init__(text=text, legal_actions=tuple(legal_actions))
+        if image is not None:
+            self["image"] = image
+
+    @property
+    def text(self) -> str:  # the observation part of the prompt (empty for image-only card games)
+        return self["text"]
+
+    @property
+    def image(self) -> np.ndarray | None:  # (H, W, 3) uint8, None in text mode
+        return self.get("image")
+
+    @property
+    def legal_actions(self) -> tuple[str, ...]:
+        return self["legal_actions"]
 
 
-def _action_values(text: str) -> list[str]:
-    """The value of every `"action":` key: a quoted string (to the closing quote or the end), or bare
-    text up to `,`, `}` or a newline."""
-    return [m.group(1) if m.group(1) is not None else m.group(2) for m in _ACTION_VALUE.finditer(text)]
+class AnswerSpace(spaces.Text):
+    """The action space: any output of at most the env's `max_output_chars` printable ASCII characters
+    (the empty output included). `sample()` is the well-formed answer for a uniformly random legal
+    action of the latest observation (the env keeps `legal_actions` current), so a random agent plays
+    the game instead of making syntax errors; with a mask or probability it samples characters as
+    `Text` does."""
+
+    def __init__(self, max_length: int, seed: int | None = None):
+        super().__init__(max_length, min_length=0, charset=PRINTABLE, seed=seed)
+        self.legal_actions: tuple[str, ...] = ()
+
+    def sample(self, mask=None, probability=None) -> str:
+        if mask is not None or probability is not None or not self.legal_actions:
+            return super().sample(mask=mask, probability=probability)
+        return format_action(self.legal_actions[int(self.np_random.integers(len(self.legal_actions)))])
 
 
-def _mentions(value: str, action: str) -> bool:
-    """`action` occurs in `value` as a whole token: "1" is not found in "10", "hit" not in "white"."""
-    start = 0
-    while (i := value.find(action, start)) >= 0:
-        j = i + len(action)
-        before_ok = i == 0 or not (action[0].isalnum() and value[i - 1].isalnum())
-        after_ok = j == len(value) or not (action[-1].isalnum() and value[j].isalnum())
-        if before_ok and after_ok:
-            return True
-        start = i + 1
-    return False
+def _action_value(text: str) -> str | None:
+    """The value of the last `"action":` key: a JSON string (decoded) or bare text ended by `,`, `}` or
+    a newline; None when the value is unterminated (cut off) or not a valid JSON string."""
+    keys = list(_ACTION_KEY.finditer(text))
+    if not keys:
+        return None
+    start = keys[-1].end()
+    if text.startswith('"', start):
+        if (m := _QUOTED.match(text, start)) is None:
+            return None
+        try:
+            return json.loads(f'"{m.group(1)}"', strict=False)
+        except json.JSONDecodeError:  # a bad escape such as \q
+            return None
+    m = _BARE.match(text, start)
+    return m.group(1) if m else None
 
 
-def parse_action(text: str, legal_actions: Sequence[str]) -> str | None:
-    """The one legal action named after `"action":` in free text (chain of thought allowed), else None.
+def parse_action(text: str, legal_actions: Sequence[str], max_chars: int = MAX_OUTPUT_CHARS) -> str | None:
+    """The legal action that the last `"action":` value names exactly, else None (a syntax error).
 
-    Every `"action":` value in the text is read; exactly one distinct legal action must occur in them
-    (case-insensitive, as a whole token). Zero or several is a syntax error.
+    An output longer than `max_chars` is malformed unread. The value must be terminated, and equal one
+    legal action after removing surrounding ASCII whitespace, ignoring ASCII case only. Chain of
+    thought before it and other keys ("thoughts") are ignored. The rule is in docs/envs.md.
     """
-    values = [v.strip().lower() for v in _action_values(text)]
-    found = {a for a in legal_actions for v in values if _mentions(v, a.lower())}
-    return found.pop() if len(found) == 1 else None
+    if len(text) > max_chars or (value := _action_value(text)) is None:
+        return None
+    value = value.strip(string.whitespace)
+    if value in legal_actions:
+        return value
+    folded = value.translate(_ASCII_LOWER)
+    hits = [a for a in legal_actions if a.translate(_ASCII_LOWER) == folded]
+    return hits[0] if len(hits) == 1 else None
 
 
 def format_action(action: str, thoughts: str | None = None) -> str:
@@ -74,26 +122,38 @@ class VLMEnv(gym.Env):
     `render_image`, `expert_action`, `goal_reached`) and the prompt text (`description`, `action_doc`,
     `example_action`); this class does parsing, syntax penalties, the time limit, returns and prompts."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
     env_id = ""
     description = ""  # the game in a sentence or two
     action_doc = ""  # the legal actions and what they do
     example_action = ""
     time_limit = 10  # turns, syntax errors included; max_steps > 0 overrides it
+    max_output_chars = MAX_OUTPUT_CHARS  # a longer output is a syntax error, unread
+    # set by every env (before `VLMEnv.__init__`, which builds the observation space from them):
+    frame_shape: tuple[int, int, int]  # (H, W, 3) of every rendered image
+    max_obs_chars: int  # the longest observation text
 
     def __init__(
-        self, obs_mode: str = "both", syntax_penalty: float = -1.0, history: int = 0, max_steps: int = 0
+        self,
+        obs_mode: str = "both",
+        syntax_penalty: float = -1.0,
+        history: int = 0,
+        max_steps: int = 0,
+        render_mode: str | None = "rgb_array",
     ):
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode {obs_mode!r} is not one of {list(OBS_MODES)}")
         if history < 0 or max_steps < 0:
             raise ValueError(f"history ({history}) and max_steps ({max_steps}) must be >= 0")
-        self.obs_mode = obs_mode
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}")
+        self.obs_mode = obs_mode  # fixed: the observation space depends on it
         self.syntax_penalty = float(syntax_penalty)
         self.history = history
         self.max_steps = max_steps  # 0: the game's own `time_limit`
-        self.render_mode = "rgb_array"
-        self.action_space = spaces.Text(max_length=100_000)
+        self.render_mode = render_mode  # render() returns the frame either way
+        self.action_space = AnswerSpace(self.max_output_chars)
+        self.observation_space = self._observation_space()
         self._t = 0
         self._return = 0.0
         self._done = True
@@ -114,7 +174,11 @@ class VLMEnv(gym.Env):
         raise NotImplementedError
 
     def render_image(self) -> np.ndarray:
+        """The frame, `frame_shape` uint8: a new array, or a read-only one the env keeps (a cache)."""
         raise NotImplementedError
+
+    def _text_space(self) -> spaces.Text:
+        return spaces.Text(self.max_obs_chars, min_length=0, charset=PRINTABLE)
 
     def expert_action(self) -> str | None:
         """The scripted expert's legal action in the current state."""
@@ -131,14 +195,31 @@ class VLMEnv(gym.Env):
 
     # ---- the interface ----------------------------------------------------------------------
     def parse_agent(self, text: str) -> str | None:
-        return parse_action(text, self.legal_actions())
+        return parse_action(text, self.legal_actions(), self.max_output_chars)
 
     def format_action(self, action: str, thoughts: str | None = None) -> str:
         return format_action(action, thoughts)
 
+    def _observation_space(self) -> spaces.Dict:
+        parts = {
+            "text": self._text_space(),
+            "legal_actions": spaces.Sequence(spaces.Text(self.max_output_chars, charset=PRINTABLE)),
+        }
+        if self.obs_mode != "text":
+            parts["image"] = spaces.Box(0, 255, self.frame_shape, np.uint8)
+        return spaces.Dict(parts)
+
     def observe(self, render: bool = True) -> Observation:
-        image = self.render_image() if render and self.obs_mode != "text" else None
-        return Observation(self._obs_text(self.obs_mode != "image"), image, self.legal_actions())
+        """The current observation. It owns its image (a kept frame is copied: users keep observations)
+        and it sets the legal actions that `action_space.sample()` draws from."""
+        image = None
+        if render and self.obs_mode != "text":
+            image = self.render_image()
+            if not image.flags.writeable:
+                image = image.copy()
+        obs = Observation(self._obs_text(self.obs_mode != "image"), image, self.legal_actions())
+        self.action_space.legal_actions = obs.legal_actions
+        return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Observation, dict]:
         super().reset(seed=seed)

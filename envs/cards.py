@@ -1,4 +1,4 @@
-"""Gym Cards (RL4VLM): NumberLine, EZPoints, Points24, Blackjack, with the rules of /work/shared/ENVS.md.
+"""Gym Cards (RL4VLM): NumberLine, EZPoints, Points24, Blackjack, with the rules in docs/envs.md.
 
 Images are 300x300 RGB drawn with PIL in DejaVuSans from matplotlib's package data, so rendering is
 identical on every machine (no system fonts). All randomness comes from the env's seeded `np_random`.
@@ -88,6 +88,8 @@ class NumberLine(VLMEnv):
     action_doc = '"-" (Current - 1) or "+" (Current + 1).'
     example_action = "+"
     time_limit = 10
+    frame_shape = (SIZE, SIZE, 3)
+    max_obs_chars = 64
     MAX = 5
 
     def _reset(self, options):
@@ -254,6 +256,8 @@ class _Points(VLMEnv):
     formula_cap = 5
     time_limit = 10
     parens = False
+    frame_shape = (SIZE, SIZE, 3)
+    max_obs_chars = 256  # 4 cards and a formula of at most 21 tokens
 
     def __init__(self, face_cards_as_10: bool = True, **kw):
         super().__init__(**kw)
@@ -373,6 +377,8 @@ class Blackjack(VLMEnv):
     action_doc = '"stand" (stop) or "hit" (take a card).'
     example_action = "hit"
     time_limit = 15
+    frame_shape = (SIZE, SIZE, 3)
+    max_obs_chars = 256  # 15 turns: at most 17 cards a hand
     DECK = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10)
 
     def _draw(self) -> tuple[int, str, int]:

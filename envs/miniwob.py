@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from gymnasium import spaces
 
-from envs.base import EnvCrashed, VLMEnv, format_action
+from envs.base import PRINTABLE, EnvCrashed, VLMEnv, format_action
 
 # 27 click-style tasks like the paper's: each is solved by clicking elements of the page (click-menu
 # is left out: its submenus open on hover, which a click-only agent cannot do).
@@ -60,6 +61,8 @@ _LINE = re.compile(r"\[([A-Za-z0-9]+)\]\s+(\w+)\s+'((?:[^'\\]|\\.)*)'")
 _URL = re.compile(r", url='[^']*'")
 _FOLDER = re.compile(r"^(\t*)\[\w+\] generic\n\1\[(\w+)\] generic '([^']*)'", re.M)
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]+)[\"\u201d]")
+_GOAL_BUDGET = 1000  # characters: goals are a sentence or two; the cut only bounds the observation
+_FRAMING = len("Goal: \nPage:\n\n...")  # what `_obs_text` and the tree cut add to the goal and tree
 
 
 logging.getLogger("browsergym").setLevel(logging.ERROR)  # "Overriding the task's slow_mo" per reset
@@ -174,11 +177,20 @@ def _use_system_chromium() -> None:
     chromium.launch = patched
 
 
+class AnyText(spaces.Text):
+    """A Text space whose members may hold any character (a page's text can: unicode-test), up to
+    `max_length`; `charset` is only what `sample` draws from."""
+
+    def contains(self, x) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
+
 class MiniWoBEnv(VLMEnv):
     description = "MiniWoB: a web page. Do what the goal says by clicking page elements."
     action_doc = "click('<id>') clicks the element shown as [<id>] in the page."
     example_action = "click('12')"
     time_limit = 15  # click-checkboxes-large needs up to 13 clicks
+    frame_shape = (321, 498, 3)  # browsergym's MiniWoB viewport, 332 x 214, at its zoom of 1.5
 
     def __init__(self, task: str = "click-test", tree_budget: int = 2000, **kw):
         from browsergym.miniwob import ALL_MINIWOB_TASKS
@@ -186,8 +198,9 @@ class MiniWoBEnv(VLMEnv):
         known = sorted(t.subdomain for t in ALL_MINIWOB_TASKS)
         if task not in known:
             raise ValueError(f"unknown MiniWoB task {task!r}; known: {', '.join(known)}")
-        super().__init__(**kw)
         self.task, self.tree_budget, self.env_id = task, tree_budget, f"miniwob:{task}"
+        self.max_obs_chars = _FRAMING + _GOAL_BUDGET + tree_budget
+        super().__init__(**kw)
         self._bg = None  # the browsergym env, started on the first reset
         self.goal, self.tree, self.screenshot, self._actions = "", "", None, []
 
@@ -239,13 +252,14 @@ class MiniWoBEnv(VLMEnv):
     def _read(self, obs: dict) -> None:
         from browsergym.utils.obs import flatten_axtree_to_str
 
-        self.goal = obs["goal"]
+        self.goal = obs["goal"][:_GOAL_BUDGET]
         tree = flatten_axtree_to_str(
             obs["axtree_object"], extra_properties=obs["extra_element_properties"], skip_generic=False
         )
         tree = _compact(tree)
         self.tree = tree if len(tree) <= self.tree_budget else tree[: self.tree_budget] + "\n..."
         self.screenshot = np.ascontiguousarray(obs["screenshot"][..., :3], dtype=np.uint8)
+        self.screenshot.flags.writeable = False  # kept until the next step: observe() copies it
         self._actions = [self.format_click_action(b) for b in dict.fromkeys(_BID.findall(self.tree))]
 
     def legal_actions(self):
@@ -266,6 +280,9 @@ class MiniWoBEnv(VLMEnv):
 
     def _obs_text(self, words):
         return f"Goal: {self.goal}\nPage:\n{self.tree}"
+
+    def _text_space(self):
+        return AnyText(self.max_obs_chars, min_length=0, charset=PRINTABLE)
 
     def render_image(self):
         return self.screenshot

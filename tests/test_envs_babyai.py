@@ -14,7 +14,7 @@ def test_babyai_observation_and_actions():
     env = envs.make_env("babyai:GoToLocal", obs_mode="both")
     obs, _ = env.reset(seed=3)
     assert env.env_id == "babyai:BabyAI-GoToLocal-v0"
-    assert obs.legal_actions == ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
+    assert obs.legal_actions == ("left", "right", "forward", "pickup", "drop", "toggle", "done")
     assert obs.text.startswith("Mission: go to the red key.") and "You face east." in obs.text
     assert obs.image.dtype == np.uint8 and obs.image.shape == (128, 128, 3)  # 8x8 cells of 16 px
     img_env = envs.make_env("babyai:BabyAI-GoToLocal-v0", obs_mode="image", view="partial", tile_size=8)
