@@ -5,8 +5,9 @@ For NumberLine and Blackjack the state space is small enough to solve exactly:
   the learner's fixed point is the stationary (infinite-horizon) Q^pi, which is what is solved here.
 - Blackjack (gymnasium rules, infinite deck): (hard total, holds an ace, dealer's up-card); the dealer's
   final total is enumerated exactly.
-EZPoints is left out: its state is the two cards *and* the formula typed so far, and a random policy
-types formulas of every length, so an exact Q^pi over what the data visits is a much larger job.
+EZPoints is left out: a rejected number (one the cards do not hold) is not shown in the prompt but
+counts toward the formula cap, so Q^pi is not a function of what the critic sees. `--ceiling --envs
+ezpoints` measures how often that hidden count is non-zero on the random data.
 
 Each run trains the learner on 2,000 random-policy episodes with the science-check settings
 (benchmarks/numberline_offline.py) and reads Q at the token that names the action, for every legal
@@ -180,6 +181,21 @@ def data_ceiling(env_id: str, turns: list, exact: dict, gamma: float) -> dict:
     }
 
 
+def ezpoints_hidden_share(episodes: int, seed: int) -> dict:
+    """The share of random-policy EZPoints turns taken with rejected numbers counted but not shown."""
+    env, rng = make_env("ezpoints", obs_mode="text"), np.random.default_rng(seed)
+    turns = hidden = 0
+    for e in range(seed, seed + episodes):
+        obs, _ = env.reset(seed=e)
+        done = False
+        while not done:
+            turns, hidden = turns + 1, hidden + (env.wasted > 0)
+            a = obs.legal_actions[int(rng.integers(len(obs.legal_actions)))]
+            obs, _, term, trunc, _ = env.step(format_action(a))
+            done = term or trunc
+    return {"turns": turns, "hidden_rejections_share": round(hidden / turns, 4)}
+
+
 def probe_states(env_id: str, episodes: int, seed: int) -> list[tuple[tuple, tuple]]:
     """(key, (messages, images)) of each distinct state the random policy visits on held-out episodes."""
     env, rng, states = make_env(env_id, obs_mode=OBS_MODE), np.random.default_rng(seed), {}
@@ -287,9 +303,15 @@ def main() -> None:
     if args.ceiling:
         out = {}
         for env_id in args.envs:
+            if env_id == "ezpoints":
+                out[env_id] = ezpoints_hidden_share(args.episodes, seed=0)
+                continue
             turns, _ = collect(args.episodes, seed=0, env_id=env_id)
             out[env_id] = data_ceiling(env_id, turns, ENVS[env_id][0](GAMMA), GAMMA)
-        path = Path(args.out).with_name("critic_exact_data_ceiling.json")
+        name = "critic_exact_data_ceiling" + (
+            "" if args.envs == ["numberline", "blackjack"] else "_" + "_".join(args.envs)
+        )
+        path = Path(args.out).with_name(name + ".json")
         path.write_text(json.dumps({"gamma": GAMMA, "episodes": args.episodes, "envs": out}, indent=1))
         print(json.dumps(out, indent=1))
         return
