@@ -108,6 +108,3 @@ class DualHeadModel(nn.Module):
         """Polyak: target <- (1 - tau) target + tau online."""
         for t, o in zip(self.targets.parameters(), self.critics.parameters()):
             t.lerp_(o, tau)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]

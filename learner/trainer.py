@@ -243,8 +243,8 @@ class Learner:
 
 class LearnerGroup:
     """W `Learner` Ray actors in data parallel, the API the driver uses:
-    `step(turns)`, `train(replay_client, steps, offline_fraction)`, `publish(out_dir)`, `save(dir)`,
-    `load(dir)`, `reference_logprobs(messages, images, gen_ids)`."""
+    `step(turns)`, `publish(out_dir)`, `save(dir)`, `load(dir)`, `reference_logprobs(messages, images,
+    gen_ids)`."""
 
     def __init__(
         self, model_cfg: ModelConfig, cfg: LearnerConfig, num_cpus: float = 1, num_gpus: float | None = None
@@ -261,7 +261,6 @@ class LearnerGroup:
         if W > 1:
             init = ray.get(self.workers[0].free_address.remote())
             ray.get([w.init_distributed.remote(r, W, init) for r, w in enumerate(self.workers)])
-        self.cfg = cfg
 
     def step(self, turns: list) -> dict[str, float]:
         import ray
@@ -271,10 +270,6 @@ class LearnerGroup:
             raise ValueError(f"a batch of {len(turns)} turns cannot be split over {W} workers")
         shards = [turns[r::W] for r in range(W)]
         return ray.get([w.step.remote(s) for w, s in zip(self.workers, shards)])[0]
-
-    def train(self, replay, steps: int, offline_fraction: float) -> list[dict[str, float]]:
-        """`steps` updates on batches of learner.batch_size turns drawn from a ReplayClient."""
-        return [self.step(replay.sample(self.cfg.batch_size, offline_fraction)) for _ in range(steps)]
 
     def publish(self, out_dir: str | Path) -> str:
         """Export the current adapter to out_dir (a peft folder); ship it with learner.export.pack."""
