@@ -35,6 +35,24 @@ def tiny_text_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-text"), arch="text", seed=0)
 
 
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """A local Ray for one test module (or the one already running), shut down after it if started here.
+
+    The requesting module is pickled by value: Ray workers cannot import tests/, so functions and
+    actors defined in a test module would not unpickle there otherwise.
+    """
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def vllm_backend(tiny_vlm_dir):
     """ONE vLLM-CPU engine (LoRA enabled) on the tiny VLM for the whole suite (a cold start is ~40 s).

@@ -20,16 +20,6 @@ from vlmq.config import RunConfig
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test-local actors reach the workers
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def scripted_cfg(policy="random", runners=1, envs=4, **runner) -> RunConfig:
     cfg = RunConfig()
     cfg.model.path = "/nonexistent"  # the scripted backend needs no model

@@ -15,18 +15,6 @@ pytestmark = pytest.mark.slow
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def test_two_workers_equal_one_worker(ray_local, tiny_vlm_dir):
     from learner.trainer import Learner, LearnerGroup
 

@@ -4,7 +4,6 @@ segments, and a shard actor killed under concurrent writers."""
 from __future__ import annotations
 
 import pickle
-import sys
 import time
 from collections import Counter
 
@@ -250,17 +249,6 @@ def test_flush_bounds(mem_root):
 
 
 # ---- through Ray ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @ray.remote(num_cpus=0)

@@ -220,16 +220,6 @@ def test_vllm_hot_swap_follows_versions_and_refuses_a_wrong_reference(
         vllm_backend.unload_lora(v)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def test_sampler_actor_micro_batches_concurrent_callers(ray_local):
     cfg = SamplerConfig(backend="scripted", policy="expert", batch_wait_s=0.05)
     sampler = Sampler.remote(cfg, ModelConfig(path="/nonexistent"))
