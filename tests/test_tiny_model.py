@@ -48,7 +48,7 @@ def test_vlm_reloads_and_generates_from_an_image(tiny_vlm_dir):
     )
     gen = out[0, ids.shape[1] :].tolist()
     assert 1 <= len(gen) <= 8 and all(0 <= t < len(processor.tokenizer) for t in gen)
-    assert isinstance(processor.tokenizer.decode(gen), str)
+    assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id  # stops at end of turn
 
     # The image reaches the language model: another image, other logits.
     with torch.no_grad():
@@ -62,16 +62,15 @@ def test_vlm_reloads_and_generates_from_an_image(tiny_vlm_dir):
     assert not torch.allclose(a, b)
 
 
-def test_text_model_reloads_and_generates(tiny_text_dir):
+def test_text_model_reloads_with_its_tokenizers_vocabulary_and_eos(tiny_text_dir):
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_processor(str(tiny_text_dir), text_only=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_text_dir)
     enc = encode_prompt(tokenizer, [{"role": "user", "content": [{"type": "text", "text": "Position 3"}]}])
     assert set(enc) == {"input_ids"}
-    ids = torch.tensor([enc["input_ids"]])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
-    assert out.shape[1] > ids.shape[1]
+    assert model.config.vocab_size == len(tokenizer)  # every token the model can emit decodes
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
 def test_vlm_and_text_share_the_tokenizer(tiny_vlm_dir, tiny_text_dir):
