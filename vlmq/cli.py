@@ -1,35 +1,40 @@
-"""The `vlmq` command: train, build the tiny model, collect and inspect datasets.
+"""The `vlmq` command: train and evaluate runs, show configs, build the tiny model, handle datasets.
 
 Subcommands import their modules lazily so `vlmq --help` stays fast and a missing optional
-dependency (vllm, a browser) only matters to the command that needs it.
+dependency (vllm, a browser) only matters to the command that needs it. A command's result (a table,
+YAML, JSON) goes to stdout; diagnostics go to `logging` (stderr, `--log-level`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+log = logging.getLogger("vlmq")
 
 
 def _model_tiny(args: argparse.Namespace) -> None:
     from vlmq.tiny_model import build_tiny_model
 
     out = build_tiny_model(args.out, arch=args.arch, seed=args.seed)
-    print(f"tiny {args.arch} model written to {out}")
+    log.info("tiny %s model written to %s", args.arch, out)
 
 
 def _data_collect(args: argparse.Namespace) -> None:
-    from replay.datasets import collect
+    from actors.collect import collect
+    from vlmq.config import load_config
 
-    summary = collect(
-        env_id=args.env,
-        policy=args.policy,
-        episodes=args.episodes,
-        out=args.out,
-        workers=args.workers,
-        obs_mode=args.obs_mode,
-        seed=args.seed,
-    )
+    flags = {
+        "env.id": args.env,
+        "env.obs_mode": args.obs_mode,
+        "data.policy": args.policy,
+        "data.episodes": args.episodes,
+        "data.seed": args.seed,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    summary = collect(load_config(args.config, overrides), args.out, workers=args.workers)
     print(json.dumps(summary, indent=2))
 
 
@@ -54,8 +59,31 @@ def _train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume)
 
 
+def _config(args: argparse.Namespace) -> None:
+    from vlmq.config import dump_config, load_config
+
+    sys.stdout.write(dump_config(load_config(args.config, args.overrides)))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from vlmq.evaluate import evaluate_run
+    from vlmq.monitor import table
+
+    flags = {"env.id": args.env, "eval.episodes": args.episodes}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
+    results = evaluate_run(args.run, args.checkpoint, args.adapter, overrides)
+    print(table(list(results.items())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlmq", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of the diagnostics logged to stderr (default INFO)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="offline-to-online VLMQ training on Ray")
@@ -63,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=3e-4")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser("config", help="print the resolved config (YAML) after validation")
+    c.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=3e-4")
+    c.set_defaults(func=_config)
+
+    ev = sub.add_parser("eval", help="greedy evaluation of a run's policy on held-out seeds")
+    ev.add_argument("--run", required=True, help="a run folder (runs/<name>, with its config.yaml)")
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=int, help="the policy at update N (default: the newest)")
+    which.add_argument("--adapter", help="a LoRA adapter folder instead (e.g. runs/<name>/adapters/v3)")
+    ev.add_argument("--env", help="another env id than the run's")
+    ev.add_argument("--episodes", type=int, help="episodes (default: the run's eval.episodes)")
+    ev.add_argument("overrides", nargs="*", help="dotted overrides of the run's config")
+    ev.set_defaults(func=_eval)
 
     m = sub.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = m.add_parser("tiny", help="build the tiny random-initialised model offline")
@@ -72,14 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_model_tiny)
 
     d = sub.add_parser("data", help="datasets of turns").add_subparsers(dest="data_cmd", required=True)
-    c = d.add_parser("collect", help="collect a dataset with an env policy")
-    c.add_argument("--env", required=True)
-    c.add_argument("--policy", default="random", help="random | expert | epsilon:<p> | malformed:<p>")
-    c.add_argument("--episodes", type=int, default=2000)
+    c = d.add_parser("collect", help="collect a dataset with a scripted policy, through the env runner")
+    c.add_argument("--config", help="a run's YAML: its env section (history, syntax_penalty, ...) is played")
+    c.add_argument("--env", help="env id (default: the config's env.id)")
+    c.add_argument("--policy", help="random | expert | epsilon:<p> | malformed:<p> (default: data.policy)")
+    c.add_argument("--episodes", type=int, help="default: data.episodes")
     c.add_argument("--out", required=True)
     c.add_argument("--workers", type=int, default=2)
-    c.add_argument("--obs-mode", default="both", choices=["image", "text", "both"])
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--obs-mode", choices=["image", "text", "both"], help="default: env.obs_mode")
+    c.add_argument("--seed", type=int, help="episode i plays env seed seed + i (default: data.seed)")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.history=2 env.max_steps=5")
     c.set_defaults(func=_data_collect)
     i = d.add_parser("info", help="counts, returns, success and syntax-error rate")
     i.add_argument("path")
@@ -95,12 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from vlmq.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # a handler on stderr unless the caller has one (pytest, a notebook); the level applies either way
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level)
     try:
         args.func(args)
     except ConfigError as err:
-        print(f"vlmq: config error: {err}", file=sys.stderr)
-        sys.exit(2)
+        parser.exit(2, f"vlmq: config error: {err}\n")
 
 
 if __name__ == "__main__":

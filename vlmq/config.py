@@ -273,11 +273,12 @@ def _check(cfg: RunConfig) -> None:
         )
 
 
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, sections in schema order (`load_config` reads it back)."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Every run writes the config it actually ran with."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dump_config(cfg))

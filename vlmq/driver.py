@@ -24,6 +24,7 @@ from pathlib import Path
 import ray
 
 from vlmq.config import RunConfig, save_config
+from vlmq.evaluate import evaluate_policy
 from vlmq.monitor import Monitor, table
 
 
@@ -227,15 +228,7 @@ class Driver:
 
     def evaluate(self, label: str) -> float:
         """Greedy on held-out seeds (eval.seed ...), split over the runners."""
-        n, m = self.cfg.eval.episodes, len(self.runners)
-        shares = [n // m + (i < n % m) for i in range(m)]
-        seeds = [self.cfg.eval.seed + sum(shares[:i]) for i in range(m)]
-        res = ray.get([r.evaluate.remote(k, s) for r, k, s in zip(self.runners, shares, seeds) if k])
-        total = sum(r["episodes"] for r in res)
-        out = {
-            k: sum(r[k] * r["episodes"] for r in res) / total
-            for k in ("success_rate", "mean_return", "syntax_accuracy")
-        }
+        out = evaluate_policy(self.runners, self.cfg.eval.episodes, self.cfg.eval.seed)
         self.state.evals[label] = out["success_rate"]
         self.monitor.gauge("eval_success", out["success_rate"], partition=label)
         self.monitor.log(
@@ -244,7 +237,7 @@ class Driver:
         )  # fmt: skip
         print(
             f"[eval {label}] version {self.state.version}: success {out['success_rate']:.3f}, "
-            f"return {out['mean_return']:.3f}, syntax {out['syntax_accuracy']:.3f} ({total} episodes)",
+            f"return {out['mean_return']:.3f}, syntax {out['syntax_accuracy']:.3f} ({out['episodes']} episodes)",
             flush=True,
         )
         return out["success_rate"]

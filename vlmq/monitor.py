@@ -7,12 +7,15 @@ pushes); the driver records the rest here: learner, replay, versions, rates. doc
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.util.metrics import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
 
 _GAUGES = {
     "env_steps_per_s": "Environment steps per second, all runners",
@@ -79,13 +82,13 @@ class Monitor:
             if isinstance(v, int | float):
                 self.tb.add_scalar(f"{kind}/{k}", v, x)
 
-    def line(self, text: str, force: bool = False) -> None:
-        """The live progress line: rewritten in place on a terminal, a plain line every 10 s in logs."""
+    def line(self, text: str) -> None:
+        """The live progress line: rewritten in place on a terminal, else logged (INFO) every 10 s."""
         now = time.time()
         if sys.stdout.isatty():
             print(f"\r{text:<120}", end="", flush=True)
-        elif force or now - self._last_line > 10:
-            print(text, flush=True)
+        elif now - self._last_line > 10:
+            log.info(text)
             self._last_line = now
 
     def finish(self) -> Path:

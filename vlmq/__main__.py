@@ -1,0 +1,5 @@
+"""`python -m vlmq`: the `vlmq` command."""
+
+from vlmq.cli import main
+
+main()

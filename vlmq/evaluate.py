@@ -1,0 +1,79 @@
+"""Greedy evaluation on held-out seeds: the driver's evaluations during a run, and `vlmq eval` after it.
+
+`vlmq eval` serves a run's policy as the run did: a checkpoint's policy is the LoRA version its samplers
+were serving (driver.json `version`; the adapter the run published under adapters/v<version>, 0 being
+the base model), so the newest checkpoint on the run's own settings plays the seeds of its `[eval final]`
+with the same policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
+    """Greedy on seeds seed..seed+episodes-1 split over the runners; rates weighted by episodes."""
+    m = len(runners)
+    shares = [episodes // m + (i < episodes % m) for i in range(m)]
+    seeds = [seed + sum(shares[:i]) for i in range(m)]
+    res = ray.get([r.evaluate.remote(k, s) for r, k, s in zip(runners, shares, seeds) if k])
+    total = sum(r["episodes"] for r in res)
+    out = {
+        k: sum(r[k] * r["episodes"] for r in res) / total
+        for k in ("success_rate", "mean_return", "syntax_accuracy")
+    }
+    return {**out, "episodes": total}
+
+
+def checkpoint_adapter(run_dir: Path, step: int | None = None) -> Path | None:
+    """The adapter a run's samplers served at checkpoint `step` (None: the newest); None: the base model."""
+    from vlmq.driver import _latest_checkpoint
+
+    ckpts = run_dir / "checkpoints"
+    ckpt = _latest_checkpoint(ckpts) if step is None else ckpts / f"step_{step:07d}"
+    if ckpt is None or not (ckpt / "driver.json").exists():
+        have = sorted(p.name for p in ckpts.glob("step_*"))
+        raise FileNotFoundError(f"no checkpoint {ckpt or ckpts}; checkpoints there: {have or 'none'}")
+    version = json.loads((ckpt / "driver.json").read_text())["version"]
+    return run_dir / "adapters" / f"v{version}" if version else None
+
+
+def evaluate_run(
+    run_dir: str | Path, checkpoint: int | None = None, adapter: str | Path | None = None, overrides=()
+) -> dict:
+    """Greedy evaluation of a run's policy (a checkpoint's, or any adapter folder) with the run's
+    config.yaml plus dotted overrides (`env.id=...`, `eval.episodes=...`)."""
+    from actors.placement import start_runners, start_samplers
+    from learner.export import pack
+    from vlmq.config import load_config
+    from vlmq.driver import _init_ray
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
+    if cfg.sampler.backend == "scripted":
+        adapter, policy = None, f"scripted {cfg.sampler.policy}"
+    else:
+        adapter = adapter or checkpoint_adapter(run_dir, checkpoint)
+        policy = str(adapter or "base model")
+    log.info("evaluating %s on %s, %d episodes", policy, cfg.env.id, cfg.eval.episodes)
+    _init_ray()
+    with tempfile.TemporaryDirectory(prefix="vlmq-eval-") as state:  # not the run's own sampler state
+        samplers = start_samplers(cfg, state)
+        runners = []
+        try:
+            if adapter is not None:
+                blob = ray.put(pack(adapter))
+                ray.get([s.load_adapter.remote(1, blob) for s in samplers])
+            runners = start_runners(cfg, samplers, None)
+            out = evaluate_policy(runners, cfg.eval.episodes, cfg.eval.seed)
+        finally:
+            for a in runners + samplers:
+                ray.kill(a)
+    return {"policy": policy, "env": cfg.env.id, **out}
