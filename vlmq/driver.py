@@ -127,7 +127,7 @@ class Driver:
         print(f"built the tiny {'text' if self.cfg.model.text_only else 'VLM'} model at {path}", flush=True)
 
     def _ensure_offline_data(self) -> None:
-        from replay.datasets import collect
+        from actors.collect import collect
 
         cfg = self.cfg
         if self.replay.stats()["offline"] > 0:  # a restarted job: the shards reloaded their datasets
@@ -139,10 +139,7 @@ class Driver:
             if path.exists():
                 shutil.rmtree(path)  # a collection that died half-way
             t0 = time.time()
-            summary = collect(
-                cfg.env.id, cfg.data.policy, cfg.data.episodes, str(path), workers=2,
-                obs_mode=cfg.env.obs_mode, seed=cfg.data.seed,
-            )  # fmt: skip
+            summary = collect(cfg, str(path), workers=2)
             print(
                 f"collected {cfg.data.episodes} {cfg.data.policy} episodes of {cfg.env.id} in "
                 f"{time.time() - t0:.0f}s: success {summary.get('success_rate', float('nan')):.3f}",
@@ -154,8 +151,7 @@ class Driver:
     def _make_probe(self) -> dict:
         """A fixed prompt and continuation that every pushed version is checked on."""
         from envs import make_env
-        from learner.batch import text_to_gen_ids
-        from learner.processing import load_processor
+        from learner.processing import load_processor, text_to_gen_ids
 
         e = self.cfg.env
         env = make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, **e.kwargs)
