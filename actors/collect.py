@@ -21,11 +21,10 @@ import ray
 
 from actors.env_runner import Runner
 from actors.scripted_backend import ScriptedBackend
-from envs.policies import make_policy
 from replay.datasets import DatasetWriter, info
 from replay.store import encode_png
 from replay.turn import Turn, turns_to_table
-from vlmq.config import RunConfig
+from vlmq.config import RunConfig, validate
 
 MAX_EPISODES_PER_SEGMENT = 500
 
@@ -73,9 +72,9 @@ def collect(cfg: RunConfig, out: str, workers: int = 2) -> dict:
     to `workers` Ray tasks at a time. Starts a local Ray unless one is running or RAY_ADDRESS names a
     cluster. Returns `replay.datasets.info(out)`."""
     d = cfg.data
-    make_policy(d.policy)  # a bad spec fails here, not in a worker
-    if d.episodes < 1 or workers < 1:
-        raise ValueError(f"collect: data.episodes and workers must be >= 1, got {d.episodes}, {workers}")
+    validate(cfg)  # a bad config fails here, not in a worker
+    if workers < 1:
+        raise ValueError(f"collect: workers must be >= 1, got {workers}")
     writer = DatasetWriter(out)
     started = not ray.is_initialized()
     if started:

@@ -15,6 +15,7 @@ import gymnasium as gym
 
 from envs.base import OBS_MODES, EnvCrashed, Observation, VLMEnv, format_action, parse_action
 from envs.cards import Blackjack, EZPoints, NumberLine, Points24
+from vlmq.config import ENV_IDS
 
 CARD_ENVS: dict[str, type[VLMEnv]] = {
     "numberline": NumberLine,
@@ -22,7 +23,6 @@ CARD_ENVS: dict[str, type[VLMEnv]] = {
     "points24": Points24,
     "blackjack": Blackjack,
 }
-ENV_IDS = "numberline | ezpoints | points24 | blackjack | babyai:<BabyAI level> | miniwob:<task>"
 
 
 def make_env(

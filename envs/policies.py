@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from envs.base import parse_action
-
-POLICY_KINDS = ("random", "expert", "epsilon", "malformed")
+from vlmq.config import parse_policy
 
 
 def _choice(rng, seq: Sequence):
@@ -74,17 +73,5 @@ class Policy:
 
 
 def make_policy(spec: str) -> Policy:
-    kind, _, arg = spec.partition(":")
-    if kind not in POLICY_KINDS:
-        raise ValueError(f"policy {spec!r}: kind must be one of {list(POLICY_KINDS)}")
-    if kind in ("random", "expert"):
-        if arg:
-            raise ValueError(f"policy {spec!r}: {kind} takes no argument")
-        return Policy(kind)
-    try:
-        p = float(arg)
-    except ValueError:
-        raise ValueError(f"policy {spec!r}: expected {kind}:<p> with p a number in [0, 1]") from None
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"policy {spec!r}: p={p} is outside [0, 1]")
-    return Policy(kind, p)
+    """The spec is parsed by the config's rule, so a bad `data.policy` fails at load time."""
+    return Policy(*parse_policy(spec))

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from vlmq.config import ModelConfig
+from vlmq.config import ModelConfig, validate_model
 
 # Module-name fragments of vision towers and projectors across HF VLMs (Idefics3/SmolVLM, Qwen2-VL,
 # LLaVA, PaliGemma); LoRA stays out of them unless freeze_vision is off.
@@ -49,8 +49,7 @@ class DualHeadModel(nn.Module):
         super().__init__()
         from peft import get_peft_model
 
-        if cfg.num_critics < 1:
-            raise ValueError(f"model.num_critics must be >= 1, got {cfg.num_critics}")
+        validate_model(cfg)
         self.cfg = cfg
         torch.manual_seed(seed)  # LoRA B is zero; A and the critic heads are drawn from this seed
         self.peft = get_peft_model(load_backbone(cfg), lora_config(cfg))

@@ -43,7 +43,7 @@ from replay.turn import (
     to_ipc,
     turns_to_table,
 )
-from vlmq.config import ReplayConfig
+from vlmq.config import ReplayConfig, validate_replay
 
 _MERGE_ROWS = 65536  # in-memory online chunks grow to about this many rows
 _MIN_SEQ = b"vlmq.min_seq"  # segment metadata: the oldest seq the shard held when it was written
@@ -72,8 +72,7 @@ class Shard:
 
     def __init__(self, root: str, cfg: ReplayConfig | None = None, index: int = 0, num_shards: int = 1):
         self.cfg = cfg or ReplayConfig()
-        if self.cfg.online_capacity < 1 or self.cfg.flush_turns < 1 or self.cfg.flush_seconds <= 0:
-            raise ValueError("replay: online_capacity and flush_turns must be >= 1, flush_seconds > 0")
+        validate_replay(self.cfg)
         self.index, self.num_shards = index, num_shards
         self.fs, base = open_root(root)
         self.dir = f"{base}/shard-{index:03d}"

@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -65,23 +66,177 @@ def test_reward_range_must_hold_the_syntax_penalty():
     assert (
         load_config(None, ["env.syntax_penalty=-2", "learner.reward_range=[-2, 1]"]).env.syntax_penalty == -2
     )
-    with pytest.raises(ConfigError, match=r"learner.reward_range: expected \[min, max\]"):
+    with pytest.raises(ConfigError, match=r"learner.reward_range: \[-1.0, 0.0, 1.0\] must be \[min, max\]"):
         load_config(None, ["learner.reward_range=[-1, 0, 1]"])
 
 
-def test_learner_refuses_values_outside_their_range():
-    from learner.trainer import check_learner_config
-    from vlmq.config import LearnerConfig
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.lora_r=0", "model.lora_r: 0 must be >= 1"),
+        ("model.lora_alpha=0", "model.lora_alpha: 0 must be >= 1"),
+        ("model.lora_dropout=1", "model.lora_dropout: 1.0 must be in [0, 1)"),
+        ("model.num_critics=0", "model.num_critics: 0 must be >= 1"),
+        ("model.lora_targets=[]", "model.lora_targets: [] must name at least one module"),
+        ("env.id=numberlin", "env.id: 'numberlin' is not one of numberline | ezpoints"),
+        ("env.id=babyai", "env.id: 'babyai' is not one of"),
+        ("env.id='miniwob:'", "env.id: 'miniwob:' is not one of"),
+        ("env.history=-1", "env.history: -1 must be >= 0"),
+        ("env.max_steps=-1", "env.max_steps: -1 must be >= 0"),
+        ("replay.num_shards=0", "replay.num_shards: 0 must be >= 1"),
+        ("replay.online_capacity=0", "replay.online_capacity: 0 must be >= 1"),
+        ("replay.flush_turns=0", "replay.flush_turns: 0 must be >= 1"),
+        ("replay.flush_seconds=0", "replay.flush_seconds: 0.0 must be > 0"),
+        ("replay.offline_fraction=1.5", "replay.offline_fraction: 1.5 must be in [0, 1]"),
+        ("replay.offline_fraction=-0.1", "replay.offline_fraction: -0.1 must be in [0, 1]"),
+        ("replay.offline_fraction_final=1.5", "replay.offline_fraction_final: 1.5 must be <= 1"),
+        ("replay.image_cache_mb=-1", "replay.image_cache_mb: -1 must be >= 0"),
+        ("replay.max_restarts=-2", "replay.max_restarts: -2 must be >= -1"),
+        ("replay.num_cpus=-1", "replay.num_cpus: -1.0 must be >= 0"),
+        ("learner.lr=0", "learner.lr: 0.0 must be > 0"),
+        ("learner.lr=.nan", "learner.lr: nan must be > 0"),
+        ("learner.critic_lr=-1e-3", "learner.critic_lr: -0.001 must be > 0"),
+        ("learner.weight_decay=-1", "learner.weight_decay: -1.0 must be >= 0"),
+        ("learner.batch_size=0", "learner.batch_size: 0 must be >= 1"),
+        ("learner.num_workers=0", "learner.num_workers: 0 must be >= 1"),
+        ("learner.grad_clip=0", "learner.grad_clip: 0.0 must be > 0"),
+        ("learner.warmup_steps=-1", "learner.warmup_steps: -1 must be >= 0"),
+        ("learner.lr_decay_steps=-1", "learner.lr_decay_steps: -1 must be >= 0"),
+        ("learner.lr_final_ratio=2", "learner.lr_final_ratio: 2.0 must be in [0, 1]"),
+        ("learner.gamma=1", "learner.gamma: 1.0 must be in [0, 1)"),
+        ("learner.gamma=-0.1", "learner.gamma: -0.1 must be in [0, 1)"),
+        ("learner.td_lambda=1.5", "learner.td_lambda: 1.5 must be in [0, 1]"),
+        ("learner.expectile=0", "learner.expectile: 0.0 must be in (0, 1)"),
+        ("learner.expectile=1", "learner.expectile: 1.0 must be in (0, 1)"),
+        ("learner.tau=1.5", "learner.tau: 1.5 must be in [0, 1]"),
+        ("learner.critic_coef=-1", "learner.critic_coef: -1.0 must be >= 0"),
+        ("learner.reward_scale=0", "learner.reward_scale: 0.0 must be > 0"),
+        ("learner.reward_range=[1,-1]", "learner.reward_range: [1.0, -1.0] must be [min, max] with min <"),
+        ("learner.sft_warmup_steps=-1", "learner.sft_warmup_steps: -1 must be >= 0"),
+        ("learner.beta=-1", "learner.beta: -1.0 must be >= 0"),
+        ("learner.w_max=0", "learner.w_max: 0.0 must be > 0"),
+        ("learner.offline_steps=-1", "learner.offline_steps: -1 must be >= 0"),
+        ("learner.online_steps=-1", "learner.online_steps: -1 must be >= 0"),
+        ("learner.checkpoint_every=0", "learner.checkpoint_every: 0 must be >= 1"),
+        ("learner.publish_every=0", "learner.publish_every: 0 must be >= 1"),
+        ("learner.max_updates_per_turn=0", "learner.max_updates_per_turn: 0.0 must be > 0"),
+        (
+            "learner.num_workers=4 learner.batch_size=2",
+            "learner.batch_size: 2 must be >= learner.num_workers",
+        ),
+        ("sampler.num_samplers=0", "sampler.num_samplers: 0 must be >= 1"),
+        ("sampler.temperature=-1", "sampler.temperature: -1.0 must be >= 0"),
+        ("sampler.max_tokens=0", "sampler.max_tokens: 0 must be >= 1"),
+        ("sampler.resident_versions=0", "sampler.resident_versions: 0 must be >= 1"),
+        ("sampler.probe_tolerance=-1", "sampler.probe_tolerance: -1.0 must be >= 0"),
+        ("sampler.gpu_memory_utilization=0", "sampler.gpu_memory_utilization: 0.0 must be in (0, 1]"),
+        ("sampler.gpu_memory_utilization=1.5", "sampler.gpu_memory_utilization: 1.5 must be in (0, 1]"),
+        ("sampler.timeout_s=0", "sampler.timeout_s: 0.0 must be > 0"),
+        ("sampler.retries=-1", "sampler.retries: -1 must be >= 0"),
+        ("sampler.batch_wait_s=-1", "sampler.batch_wait_s: -1.0 must be >= 0"),
+        ("sampler.max_batch=0", "sampler.max_batch: 0 must be >= 1"),
+        ("sampler.policy=greedy", "sampler.policy 'greedy': kind must be one of ['random', 'expert'"),
+        ("runner.num_runners=0", "runner.num_runners: 0 must be >= 1"),
+        ("runner.envs_per_runner=0", "runner.envs_per_runner: 0 must be >= 1"),
+        ("runner.epsilon=1.5", "runner.epsilon: 1.5 must be in [0, 1]"),
+        ("runner.send_every=0", "runner.send_every: 0 must be >= 1"),
+        ("runner.pipeline_groups=0", "runner.pipeline_groups: 0 must be >= 1"),
+        ("data.episodes=0", "data.episodes: 0 must be >= 1"),
+        ("data.policy=epsilon:2", "data.policy 'epsilon:2': p=2.0 is outside [0, 1]"),
+        ("data.policy=epsilon", "data.policy 'epsilon': expected epsilon:<p> with p a number in [0, 1]"),
+        ("data.policy=random:1", "data.policy 'random:1': random takes no argument"),
+        ("eval.episodes=0", "eval.episodes: 0 must be >= 1"),
+        ("eval.seed=0", "eval.seed: 0 must be >= 1"),
+        ("eval.every=-1", "eval.every: -1 must be >= 0"),
+        ("sampler.backend=vllm model.lora_r=24", "model.lora_r: 24 must be <= 16 or one of [32, 64, 128"),
+    ],
+)
+def test_each_value_rule_names_the_field_the_value_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, override.split())
+    assert str(err.value).startswith(message)
 
-    for kw, name in [
-        ({"gamma": 1.0}, "gamma"),
-        ({"td_lambda": 1.5}, "td_lambda"),
-        ({"expectile": 0.0}, "expectile"),
-        ({"reward_range": [1.0, -1.0]}, "reward_range"),
-        ({"lr_final_ratio": 2.0}, "lr_final_ratio"),
-    ]:
-        with pytest.raises(ValueError, match=f"learner.{name} must be"):
-            check_learner_config(LearnerConfig(**kw))
+
+def test_the_edges_of_each_range_that_are_allowed_load():
+    edges = [
+        "learner.gamma=0", "learner.td_lambda=0", "learner.tau=1", "learner.lr_final_ratio=0",
+        "learner.critic_coef=0", "learner.beta=0", "learner.offline_steps=0", "learner.online_steps=0",
+        "replay.offline_fraction=1", "replay.offline_fraction_final=-1", "replay.max_restarts=-1",
+        "replay.num_cpus=0", "model.lora_dropout=0", "sampler.temperature=0", "sampler.retries=0",
+        "sampler.gpu_memory_utilization=1", "runner.epsilon=1", "eval.every=0", "data.policy=malformed:0.5",
+        "learner.num_workers=2", "learner.batch_size=2",
+    ]  # fmt: skip
+    cfg = load_config(None, edges)
+    assert (cfg.learner.gamma, cfg.replay.offline_fraction_final, cfg.learner.batch_size) == (0.0, -1.0, 2)
+    for env_id in ("babyai:GoToLocal", "miniwob:click-test"):  # whether the level exists is make_env's call
+        assert load_config(None, [f"env.id={env_id}"]).env.id == env_id
+    assert load_config(None, ["sampler.backend=vllm", "model.lora_r=32"]).model.lora_r == 32
+    assert load_config(None, ["sampler.backend=hf", "model.lora_r=24"]).model.lora_r == 24  # only vLLM cares
+
+
+def test_config_ids_and_policies_are_the_envs_own():
+    """The config checks ids and policy specs without importing envs (vlmq.config is the floor)."""
+    import envs
+    from envs.policies import Policy, make_policy
+    from vlmq.config import CARD_ENV_IDS
+
+    assert set(CARD_ENV_IDS) == set(envs.CARD_ENVS)
+    for env_id in CARD_ENV_IDS:
+        load_config(None, [f"env.id={env_id}"])
+    assert make_policy("epsilon:0.25") == Policy("epsilon", 0.25)
+    with pytest.raises(ValueError, match="policy 'greedy': kind must be one of"):
+        make_policy("greedy")
+
+
+def test_constructors_given_a_hand_made_config_apply_the_same_rules(tmp_path):
+    """Tests and the Ray actors build these from dataclasses that never went through load_config."""
+    from actors.env_runner import Runner
+    from actors.sampler import VersionedSampler
+    from learner.model import DualHeadModel
+    from learner.trainer import Learner, LearnerGroup
+    from replay.shard import Shard
+    from vlmq.config import LearnerConfig, ModelConfig, ReplayConfig, RunConfig, SamplerConfig
+
+    bad_runner, model = RunConfig(), ModelConfig(path="unused")
+    bad_runner.runner.envs_per_runner = 0
+    cases = [
+        (lambda: Runner(bad_runner, [object()]), "runner.envs_per_runner: 0 must be >= 1"),
+        (lambda: VersionedSampler(None, SamplerConfig(resident_versions=0)), "sampler.resident_versions: 0"),
+        (lambda: Shard(str(tmp_path), ReplayConfig(flush_seconds=0.0)), "replay.flush_seconds: 0.0"),
+        (lambda: DualHeadModel(ModelConfig(path="unused", num_critics=0)), "model.num_critics: 0"),
+        (lambda: Learner(model, LearnerConfig(gamma=1.0)), "learner.gamma: 1.0"),
+        (lambda: LearnerGroup(model, LearnerConfig(num_workers=0)), "learner.num_workers: 0"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            make()
+    assert not list(tmp_path.iterdir())  # the shard refused before creating its folder
+
+
+def test_a_bad_config_fails_before_ray_starts(monkeypatch, tmp_path, capsys):
+    """From Python (`train` with a hand-made RunConfig) and from the CLI alike."""
+    import ray
+
+    import vlmq.driver
+    from vlmq.cli import main
+    from vlmq.config import RunConfig
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    cfg = RunConfig(out_dir=str(tmp_path / "runs"))
+    cfg.runner.envs_per_runner = 0
+    with pytest.raises(ConfigError, match="runner.envs_per_runner: 0 must be >= 1"):
+        vlmq.driver.train(cfg)
+    assert not (tmp_path / "runs").exists()  # nor any folder written
+
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", smoke, f"out_dir={tmp_path / 'runs'}", "runner.envs_per_runner=0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "vlmq: config error: runner.envs_per_runner: 0 must be >= 1\n"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_saved_config_loads_back_identically(tmp_path):

@@ -1,13 +1,18 @@
-"""Every setting of a vlmq run, as typed dataclasses in one place.
+"""Every setting of a vlmq run, as typed dataclasses in one place, and every rule on their values.
 
 A run is described by a YAML file whose sections mirror these classes, plus dotted overrides
 (`learner.lr=3e-4`). Unknown keys and wrong types are errors that name the key and list the valid
-ones, because a silently ignored typo in an RL config costs a researcher a day of compute.
+ones, because a silently ignored typo in an RL config costs a researcher a day of compute. Values the
+types allow but the code does not (`runner.envs_per_runner: 0 must be >= 1`) are checked here too, by
+`validate`, at load time: before Ray starts, not in an actor's constructor once collection has begun.
+The dataclasses stay plain; the driver and the actors, whose configs may be built by hand, call the same
+validators.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +24,12 @@ import yaml
 
 class ConfigError(ValueError):
     """A config key or value that does not fit the schema."""
+
+
+CARD_ENV_IDS = ("numberline", "ezpoints", "points24", "blackjack")  # envs.CARD_ENVS: a class for each
+ENV_IDS = " | ".join(CARD_ENV_IDS) + " | babyai:<BabyAI level> | miniwob:<task>"  # envs.make_env's ids
+POLICY_KINDS = ("random", "expert", "epsilon", "malformed")  # data-collection policies (envs/policies.py)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank (LoRAConfig)
 
 
 @dataclass
@@ -257,19 +268,133 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _merge(cfg, data, "")
     for item in overrides or []:
         _merge(cfg, parse_override(item), "")
-    _check(cfg)
+    validate(cfg)
     return cfg
 
 
-def _check(cfg: RunConfig) -> None:
-    """Rules across sections."""
-    if len(cfg.learner.reward_range) != 2:
-        raise ConfigError(f"learner.reward_range: expected [min, max], got {cfg.learner.reward_range}")
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
+
+
+def _ranges(section: Any, name: str, **rules: str) -> None:
+    """Each field against its rule, written as the error states it: `>= 1`, `> 0`, `in [0, 1)`.
+    NaN fails every rule."""
+    for key, rule in rules.items():
+        v = getattr(section, key)
+        if rule.startswith("in "):
+            lo, hi = (float(x) for x in rule[4:-1].split(","))
+            ok = (lo <= v if rule[3] == "[" else lo < v) and (v <= hi if rule[-1] == "]" else v < hi)
+        else:
+            op, bound = rule.split()
+            ok = _OPS[op](v, float(bound))
+        if not ok:
+            raise ConfigError(f"{name}.{key}: {v!r} must be {rule}")
+
+
+def parse_policy(spec: str, key: str = "policy") -> tuple[str, float]:
+    """`random | expert | epsilon:<p> | malformed:<p>` -> (kind, p); `envs.policies.make_policy` builds it."""
+    kind, _, arg = spec.partition(":")
+    if kind not in POLICY_KINDS:
+        raise ConfigError(f"{key} {spec!r}: kind must be one of {list(POLICY_KINDS)}")
+    if kind in ("random", "expert"):
+        if arg:
+            raise ConfigError(f"{key} {spec!r}: {kind} takes no argument")
+        return kind, 0.0
+    try:
+        p = float(arg)
+    except ValueError:
+        raise ConfigError(f"{key} {spec!r}: expected {kind}:<p> with p a number in [0, 1]") from None
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"{key} {spec!r}: p={p} is outside [0, 1]")
+    return kind, p
+
+
+def validate_model(cfg: ModelConfig) -> None:
+    _ranges(cfg, "model", lora_r=">= 1", lora_alpha=">= 1", lora_dropout="in [0, 1)", num_critics=">= 1")
+    if not cfg.lora_targets:
+        raise ConfigError("model.lora_targets: [] must name at least one module")
+
+
+def validate_env(cfg: EnvConfig) -> None:
+    """The id's form only: whether a BabyAI level or MiniWoB task exists is `envs.make_env`'s to say."""
+    kind, _, name = cfg.id.partition(":")
+    if cfg.id not in CARD_ENV_IDS and not (kind in ("babyai", "miniwob") and name):
+        raise ConfigError(f"env.id: {cfg.id!r} is not one of {ENV_IDS}")
+    _ranges(cfg, "env", history=">= 0", max_steps=">= 0")
+
+
+def validate_replay(cfg: ReplayConfig) -> None:
+    _ranges(
+        cfg, "replay", num_shards=">= 1", online_capacity=">= 1", flush_turns=">= 1", flush_seconds="> 0",
+        offline_fraction="in [0, 1]", offline_fraction_final="<= 1", image_cache_mb=">= 0",
+        max_restarts=">= -1", num_cpus=">= 0",
+    )  # fmt: skip
+
+
+def validate_learner(cfg: LearnerConfig) -> None:
+    _ranges(
+        cfg, "learner", lr="> 0", critic_lr="> 0", weight_decay=">= 0", batch_size=">= 1", num_workers=">= 1",
+        grad_clip="> 0", warmup_steps=">= 0", lr_decay_steps=">= 0", lr_final_ratio="in [0, 1]",
+        gamma="in [0, 1)", td_lambda="in [0, 1]", expectile="in (0, 1)", tau="in [0, 1]", critic_coef=">= 0",
+        reward_scale="> 0", sft_warmup_steps=">= 0", beta=">= 0", w_max="> 0", offline_steps=">= 0",
+        online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
+    )  # fmt: skip
+    if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
+        raise ConfigError(f"learner.reward_range: {cfg.reward_range} must be [min, max] with min < max")
+    if cfg.batch_size < cfg.num_workers:
+        raise ConfigError(
+            f"learner.batch_size: {cfg.batch_size} must be >= learner.num_workers ({cfg.num_workers}): "
+            "every worker takes a share of each batch"
+        )
+
+
+def validate_sampler(cfg: SamplerConfig) -> None:
+    _ranges(
+        cfg, "sampler", num_samplers=">= 1", temperature=">= 0", max_tokens=">= 1", resident_versions=">= 1",
+        probe_tolerance=">= 0", gpu_memory_utilization="in (0, 1]", timeout_s="> 0", retries=">= 0",
+        batch_wait_s=">= 0", max_batch=">= 1",
+    )  # fmt: skip
+    parse_policy(cfg.policy, "sampler.policy")
+
+
+def validate_runner(cfg: RunnerConfig) -> None:
+    _ranges(
+        cfg, "runner", num_runners=">= 1", envs_per_runner=">= 1", epsilon="in [0, 1]", send_every=">= 1",
+        pipeline_groups=">= 1",
+    )  # fmt: skip
+
+
+def validate_data(cfg: DataConfig) -> None:
+    _ranges(cfg, "data", episodes=">= 1")
+    parse_policy(cfg.policy, "data.policy")
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    # training seeds are taken modulo eval.seed, and the driver's probe plays seed eval.seed - 1
+    _ranges(cfg, "eval", episodes=">= 1", seed=">= 1", every=">= 0")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Every section, then the rules across sections. `load_config` calls it, and so do the driver, the
+    env runner and `collect`, which may be handed a RunConfig built in Python."""
+    validate_model(cfg.model)
+    validate_env(cfg.env)
+    validate_replay(cfg.replay)
+    validate_learner(cfg.learner)
+    validate_sampler(cfg.sampler)
+    validate_runner(cfg.runner)
+    validate_data(cfg.data)
+    validate_eval(cfg.eval)
     lo, hi = cfg.learner.reward_range
     if not lo <= cfg.env.syntax_penalty <= hi:
         raise ConfigError(
             f"env.syntax_penalty {cfg.env.syntax_penalty} lies outside learner.reward_range {[lo, hi]}: the "
             "range must hold every reward a turn can earn (it sets the critic's start and the filter's units)"
+        )
+    r = cfg.model.lora_r
+    if cfg.sampler.backend == "vllm" and r > 16 and r not in VLLM_LORA_RANKS:  # the sampler asks max(16, r)
+        raise ConfigError(
+            f"model.lora_r: {r} must be <= 16 or one of {[k for k in VLLM_LORA_RANKS if k > 16]} with "
+            "sampler.backend vllm (vLLM's max_lora_rank)"
         )
 
 
