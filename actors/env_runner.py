@@ -39,7 +39,8 @@ from actors.protocol import Completion, Request
 from envs import format_action, make_env
 from learner.processing import text_to_gen_ids
 from replay.turn import Turn
-from vlmq.config import RunConfig
+from vlmq.config import RunConfig, validate
+from vlmq.metrics import RUNNER, SPECS, Metrics
 
 
 @dataclass
@@ -77,14 +78,10 @@ class Runner:
     def __init__(
         self, cfg: RunConfig, samplers: list, replay: Any = None, index: int = 0, tag: str | None = None
     ):
+        validate(cfg)  # a config built by hand, not by load_config, is checked too
         if not samplers:
             raise ValueError("an EnvRunner needs at least one sampler handle")
-        if cfg.runner.envs_per_runner < 1 or cfg.runner.pipeline_groups < 1:
-            raise ValueError(
-                f"runner.envs_per_runner ({cfg.runner.envs_per_runner}) and runner.pipeline_groups "
-                f"({cfg.runner.pipeline_groups}) must be >= 1"
-            )
-        if cfg.runner.num_runners < 1 or not 0 <= index < cfg.runner.num_runners:
+        if not 0 <= index < cfg.runner.num_runners:
             raise ValueError(
                 f"runner index {index} is outside 0..runner.num_runners-1 ({cfg.runner.num_runners})"
             )
@@ -111,7 +108,11 @@ class Runner:
         self.recent: collections.deque = collections.deque(maxlen=100)  # (return, success, syntax acc, steps)
         self.last_version = None
         self._run_time = 0.0
-        self._metrics = self._make_metrics() if ray.is_initialized() else None
+        self._metrics = (
+            Metrics([n for n, s in SPECS.items() if s.tags == RUNNER], runner=str(index))
+            if ray.is_initialized()
+            else None
+        )
 
     # ---- public API ------------------------------------------------------------------------------
     def run(self, num_turns: int | None = None) -> dict:
@@ -175,6 +176,7 @@ class Runner:
             "mean_return": float(np.mean([x[0] for x in r])) if r else float("nan"),
             "success_rate": float(np.mean([x[1] for x in r])) if r else float("nan"),
             "syntax_accuracy": sum(x[2] * x[3] for x in r) / steps if steps else float("nan"),
+            "last_return": r[-1][0] if r else float("nan"),
             "turns_per_s": self.totals["turns"] / self._run_time if self._run_time else 0.0,
             # share of run time spent waiting for the sampler: near 1 means env work is fully hidden
             "wait_fraction": self.totals["wait_s"] / self._run_time if self._run_time else 0.0,
@@ -329,7 +331,7 @@ class Runner:
         self.totals["crashes"] += 1
         self.totals["dropped_turns"] += len(s.turns)
         if self._metrics:
-            self._metrics["crashes"].inc()
+            self._metrics.inc("env_crashes")
         try:
             s.env.close()
         except Exception:
@@ -393,38 +395,16 @@ class Runner:
         return make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, **e.kwargs)
 
     # ---- metrics -------------------------------------------------------------------------------
-    def _make_metrics(self) -> dict:
-        from ray.util import metrics
-
-        tags = ("runner",)
-        m = {
-            "steps": metrics.Counter("vlmq_env_steps", "env steps", tag_keys=tags),
-            "episodes": metrics.Counter("vlmq_episodes", "finished episodes", tag_keys=tags),
-            "crashes": metrics.Counter(
-                "vlmq_env_crashes", "envs that raised and were recreated", tag_keys=tags
-            ),
-            "return": metrics.Gauge("vlmq_episode_return", "last episode return", tag_keys=tags),
-            "success": metrics.Gauge(
-                "vlmq_success_rate", "success over the last 100 episodes", tag_keys=tags
-            ),
-            "syntax": metrics.Gauge(
-                "vlmq_syntax_accuracy", "syntax accuracy, last 100 episodes", tag_keys=tags
-            ),
-        }
-        for metric in m.values():
-            metric.set_default_tags({"runner": str(self.index)})
-        return m
-
     def _record_metrics(self, record: tuple) -> None:
         if not self._metrics:
             return
         ret, success, syntax, steps = record
-        self._metrics["steps"].inc(steps)
-        self._metrics["episodes"].inc()
-        self._metrics["return"].set(ret)
         st = self.stats()
-        self._metrics["success"].set(st["success_rate"])
-        self._metrics["syntax"].set(st["syntax_accuracy"])
+        self._metrics.inc("env_steps", steps)
+        self._metrics.inc("episodes")
+        self._metrics.set("episode_return", ret)
+        self._metrics.set("success_rate", st["success_rate"])
+        self._metrics.set("syntax_accuracy", st["syntax_accuracy"])
 
 
 EnvRunner = ray.remote(max_concurrency=4)(Runner)

@@ -5,15 +5,15 @@ the session's single vLLM engine; the Ray actor `Sampler` wraps it with a micro-
 runners submit at once, one backend call serves them all) and Ray metrics.
 
 Versions: 0 is the base model (always served); pushed versions must increase. The backend gives each
-load a fresh LoRA id (vLLM serves stale weights when an id is reused). A pushed adapter is scored on the learner's probe and is refused when any
-log-prob differs by more than `probe_tolerance`; the previous version keeps serving. The newest
+load a fresh LoRA id (vLLM serves stale weights when an id is reused). A pushed adapter (bytes, see
+`learner/weight_sync.py`) is scored on the learner's probe and is refused when any log-prob differs by
+more than `probe_tolerance`; the previous version keeps serving. The newest
 `resident_versions` adapters stay loaded so in-flight episodes finish on their own version; a request
 for an evicted version falls back to the newest and is counted (`stale_requests`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import queue
@@ -27,38 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 
 from actors.protocol import Completion, Request
-from learner.export import pack, unpack
-from vlmq.config import ModelConfig, SamplerConfig
-
-
-@dataclass
-class Probe:
-    """A fixed prompt and continuation with the learner's log-probs of it under the pushed adapter."""
-
-    messages: list[dict]
-    images: list[np.ndarray]
-    gen_ids: list[int]
-    logprobs: list[float]
-
-
-def _as_probe(probe: Probe | dict | None) -> Probe | None:
-    if probe is None or isinstance(probe, Probe):
-        return probe
-    if isinstance(probe, dict):
-        missing = {"messages", "gen_ids", "logprobs"} - probe.keys()
-        if missing:
-            raise ValueError(f"probe is missing {sorted(missing)}; needs messages, images, gen_ids, logprobs")
-        return Probe(
-            probe["messages"],
-            list(probe.get("images") or []),
-            list(probe["gen_ids"]),
-            list(probe["logprobs"]),
-        )
-    raise TypeError(f"probe must be a Probe, a dict or None, got {type(probe).__name__}")
+from learner.weight_sync import Probe, pack, probe_error, unpack
+from vlmq.config import ModelConfig, SamplerConfig, validate_sampler
+from vlmq.metrics import SAMPLER, SPECS, Metrics
 
 
 @dataclass
@@ -68,6 +42,7 @@ class SamplerStats:
     requests: int = 0
     tokens: int = 0
     batches: int = 0
+    batch_s: float = 0.0  # time in backend calls
     stale_requests: int = 0  # asked for an evicted version, served by the newest
     sync_ok: int = 0
     sync_failures: int = 0
@@ -90,8 +65,7 @@ class VersionedSampler:
     def __init__(
         self, backend: Any, cfg: SamplerConfig, state_dir: str | Path | None = None, restore: bool = True
     ):
-        if cfg.resident_versions < 1:
-            raise ValueError(f"sampler.resident_versions must be >= 1, got {cfg.resident_versions}")
+        validate_sampler(cfg)
         self.backend = backend
         self.cfg = cfg
         self.stats = SamplerStats()
@@ -123,7 +97,7 @@ class VersionedSampler:
             return True  # a re-push after a driver retry
         if version < self.version:
             raise ValueError(f"adapter version {version} is older than the served version {self.version}")
-        probe = _as_probe(probe)
+        probe = Probe.of(probe)
         t0 = time.perf_counter()
         if isinstance(adapter, (bytes, bytearray)):
             path = unpack(bytes(adapter), Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=self._tmp)))
@@ -134,7 +108,7 @@ class VersionedSampler:
         with self._lock:
             try:
                 self.backend.load_lora(version, str(path))
-                err = self._probe_error(probe, version) if probe is not None else 0.0
+                err = probe_error(self.backend, probe, version) if probe is not None else 0.0
             except Exception as e:  # a broken adapter is a failed sync too; the old version serves on
                 self.stats.sync_failures += 1
                 self.stats.last_sync_error = f"version {version}: {e!r}"
@@ -172,12 +146,6 @@ class VersionedSampler:
             os.replace(tmp, self.state_file)  # atomic: a crash mid-write keeps the previous file
         return True
 
-    def _probe_error(self, probe: Probe, version: int) -> float:
-        got = self.backend.score(probe.messages, probe.images, probe.gen_ids, version)
-        if len(got) != len(probe.logprobs) or not got:
-            return math.inf
-        return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(probe.logprobs, np.float64))))
-
     def _drop_dir(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -199,6 +167,7 @@ class VersionedSampler:
                     groups.setdefault(v, []).append((c, i))
                     flat.append(r)
             out: list[list[Completion | None]] = [[None] * len(reqs) for reqs, _ in calls]
+            t0 = time.perf_counter()
             for v, slots in groups.items():
                 completions = self.backend.generate([calls[c][0][i] for c, i in slots], v)
                 for (c, i), comp in zip(slots, completions, strict=True):
@@ -208,6 +177,7 @@ class VersionedSampler:
                     self.stats.tokens += len(comp.gen_ids)
                 self.stats.batches += 1
             self.stats.requests += len(flat)
+            self.stats.batch_s += time.perf_counter() - t0
         return out  # type: ignore[return-value]
 
 
@@ -255,8 +225,6 @@ class Sampler:
         seed: int = 0,
         backend: Any = None,
     ):
-        from ray.util import metrics
-
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray warns about its own internals here
             warnings.simplefilter("ignore")
@@ -266,16 +234,9 @@ class Sampler:
         )
         self.started = time.time()
         self._queue: queue.Queue = queue.Queue()
-        self._m_fail = metrics.Counter("vlmq_sampler_sync_failures", "LoRA pushes refused by the probe check")
-        self._m_sync = metrics.Histogram(
-            "vlmq_sampler_sync_s", "LoRA push: load and verify", boundaries=[0.1, 0.3, 1, 3, 10, 30]
-        )
-        self._m_lat = metrics.Histogram(
-            "vlmq_sampler_batch_s", "backend call latency", boundaries=[0.01, 0.03, 0.1, 0.3, 1, 3, 10]
-        )
-        self._m_tok = metrics.Counter("vlmq_sampler_tokens", "generated tokens")
-        self._m_ver = metrics.Gauge("vlmq_sampler_version", "adapter version served to new requests")
-        self._m_ver.set(self.core.version)
+        names = [n for n, s in SPECS.items() if s.tags == SAMPLER]
+        self.metrics = Metrics(names, sampler=ray.get_runtime_context().get_actor_id()[:8])
+        self.metrics.set("sampler_version", self.core.version)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def generate(self, requests: list[Request], version: int | None = None) -> list[Completion]:
@@ -307,10 +268,8 @@ class Sampler:
                 for *_, fut in items:
                     fut.set_exception(e)
                 continue
-            self._m_lat.observe(time.perf_counter() - t0)
-            ntok = sum(len(c.gen_ids) for res in results for c in res)
-            if ntok:
-                self._m_tok.inc(ntok)
+            self.metrics.observe("sampler_batch_s", time.perf_counter() - t0)
+            self.metrics.inc("sampler_tokens", sum(len(c.gen_ids) for res in results for c in res))
             for (*_, fut), res in zip(items, results):
                 fut.set_result(res)
 
@@ -318,13 +277,13 @@ class Sampler:
         try:
             ok = self.core.load_adapter(version, adapter, probe)
         except Exception:
-            self._m_fail.inc()
+            self.metrics.inc("sampler_sync_failures")
             raise
         if ok:
-            self._m_sync.observe(self.core.stats.last_sync_s)
-            self._m_ver.set(self.core.version)
+            self.metrics.observe("sampler_sync_s", self.core.stats.last_sync_s)
+            self.metrics.set("sampler_version", self.core.version)
         else:
-            self._m_fail.inc()
+            self.metrics.inc("sampler_sync_failures")
         return ok
 
     def version(self) -> int:
@@ -333,6 +292,7 @@ class Sampler:
     def stats(self) -> dict:
         s = dict(vars(self.core.stats))
         s["mean_batch"] = s["requests"] / max(1, s["batches"])
+        s["mean_batch_s"] = s["batch_s"] / s["batches"] if s["batches"] else float("nan")
         s["restarted"] = self.restarted
         s["uptime_s"] = time.time() - self.started
         s["node_id"] = ray.get_runtime_context().get_node_id()

@@ -35,9 +35,9 @@ import ray  # noqa: E402
 
 from actors.env_runner import EnvRunner  # noqa: E402
 from actors.protocol import Request  # noqa: E402
-from actors.sampler import Probe, Sampler  # noqa: E402
+from actors.sampler import Sampler  # noqa: E402
 from envs import make_env  # noqa: E402
-from learner.export import pack  # noqa: E402
+from learner.weight_sync import Probe, pack  # noqa: E402
 from replay.client import start_replay  # noqa: E402
 from vlmq.config import RunConfig  # noqa: E402
 

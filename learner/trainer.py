@@ -26,21 +26,7 @@ from learner.batch import PromptCache, build_batch, encode_prompt
 from learner.losses import q_floor, values, vlmq_losses
 from learner.model import DualHeadModel
 from learner.processing import load_processor
-from vlmq.config import LearnerConfig, ModelConfig
-
-
-def check_learner_config(cfg: LearnerConfig) -> None:
-    """Values the types allow but the math does not, each named."""
-    if not 0.0 <= cfg.lr_final_ratio <= 1.0:
-        raise ValueError(f"learner.lr_final_ratio must be in [0, 1], got {cfg.lr_final_ratio}")
-    if not 0.0 <= cfg.gamma < 1.0:
-        raise ValueError(f"learner.gamma must be in [0, 1), got {cfg.gamma}")
-    if not 0.0 <= cfg.td_lambda <= 1.0:
-        raise ValueError(f"learner.td_lambda must be in [0, 1], got {cfg.td_lambda}")
-    if not 0.0 < cfg.expectile < 1.0:
-        raise ValueError(f"learner.expectile must be in (0, 1), got {cfg.expectile}")
-    if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
-        raise ValueError(f"learner.reward_range must be [min, max] with min < max, got {cfg.reward_range}")
+from vlmq.config import LearnerConfig, ModelConfig, validate_learner
 
 
 def lr_factor(cfg: LearnerConfig, step: int) -> float:
@@ -61,7 +47,7 @@ class Learner:
         model_cfg: ModelConfig,
         cfg: LearnerConfig,
     ):
-        check_learner_config(cfg)
+        validate_learner(cfg)  # a config built by hand, not by load_config, is checked too
         self.model_cfg, self.cfg = model_cfg, cfg
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -181,10 +167,11 @@ class Learner:
         logp = torch.log_softmax(logits.float(), -1)[0].gather(-1, ids[0, start + 1 :, None])
         return logp[:, 0].tolist()
 
-    def export(self, out_dir: str | Path) -> str:
-        from learner.export import export_adapter
+    def adapter_bytes(self) -> bytes:
+        """The policy's LoRA as the bytes every sampler loads (learner/weight_sync.py)."""
+        from learner.weight_sync import adapter_bytes
 
-        return str(export_adapter(self.model, out_dir))
+        return adapter_bytes(self.model.peft)
 
     # -- checkpoint -----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -251,9 +238,8 @@ class LearnerGroup:
     ):
         import ray
 
+        validate_learner(cfg)
         W = cfg.num_workers
-        if W < 1:
-            raise ValueError(f"learner.num_workers must be >= 1, got {W}")
         if num_gpus is None:
             num_gpus = 1 if torch.cuda.is_available() else 0
         actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(Learner)
@@ -271,11 +257,11 @@ class LearnerGroup:
         shards = [turns[r::W] for r in range(W)]
         return ray.get([w.step.remote(s) for w, s in zip(self.workers, shards)])[0]
 
-    def publish(self, out_dir: str | Path) -> str:
-        """Export the current adapter to out_dir (a peft folder); ship it with learner.export.pack."""
+    def adapter_bytes(self) -> bytes:
+        """The current policy's adapter, as bytes from worker 0 (no path crosses nodes)."""
         import ray
 
-        return ray.get(self.workers[0].export.remote(str(out_dir)))
+        return ray.get(self.workers[0].adapter_bytes.remote())
 
     def save(self, ckpt_dir: str | Path) -> None:
         import ray

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from replay.datasets import export, info
 from replay.shard import Shard
@@ -17,18 +16,13 @@ from vlmq.config import ReplayConfig
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+def dataset(ray_local, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("data") / "numberline")
     main(
         ["data", "collect", "--env", "numberline", "--policy", "malformed:0.3", "--episodes", "40"]
         + ["--out", out, "--workers", "2", "--seed", "5"]
     )
-    yield out
-    if started:
-        ray.shutdown()
+    return out
 
 
 @pytest.mark.slow

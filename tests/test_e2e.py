@@ -163,6 +163,22 @@ def test_job_submit_end_to_end(head, tiny_vlm_dir, tmp_path):
     assert logs.count("[eval") == 3 and "refused" not in logs
     for png in ("collection.png", "learning.png"):
         assert (run / png).stat().st_size > 0
+    _every_metric_in_tensorboard(run / "tensorboard", updates=10)
+
+
+def _every_metric_in_tensorboard(folder, updates: int) -> None:
+    """Every metric of vlmq/metrics.py (the table docs/metrics.md shows) reached TensorBoard, the
+    runners' and samplers' included; a counter is its running total from 0."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vlmq.metrics import SPECS
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    shown = {tag.split("/")[1] for tag in events.Tags()["scalars"] if tag.startswith("metrics/")}
+    assert shown == set(SPECS)
+    counts = [e.value for e in events.Scalars("metrics/updates")]
+    assert counts[0] == 0 and counts[-1] == updates
 
 
 def test_resume_continues_from_checkpoint(head, tiny_vlm_dir, tmp_path):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
@@ -12,12 +11,10 @@ import ray
 import ray.cloudpickle
 
 from actors.env_runner import EnvRunner, Runner
-from actors.sampler import Probe, Sampler
+from actors.sampler import Sampler
 from envs import EnvCrashed, make_env
-from learner.export import pack
+from learner.weight_sync import Probe, pack
 from vlmq.config import RunConfig
-
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test-local actors reach the workers
 
 
 def scripted_cfg(policy="random", runners=1, envs=4, **runner) -> RunConfig:

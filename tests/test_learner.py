@@ -11,7 +11,7 @@ import torch
 from learner.batch import build_batch
 from learner.losses import td_targets, values
 from learner.processing import load_processor
-from vlmq.config import LearnerConfig, ModelConfig
+from vlmq.config import ConfigError, LearnerConfig, ModelConfig
 
 
 def numberline_turns(n_episodes: int, seed: int = 0, obs_mode: str = "both") -> list:
@@ -132,7 +132,7 @@ def test_lr_factor_warms_up_then_decays_by_cosine_to_the_final_ratio():
     want = [0.5 * cos[0], cos[1], cos[2], cos[3], 0.2, 0.2]
     assert got == pytest.approx(want, abs=1e-12)
     assert lr_factor(LearnerConfig(), 10_000) == 1.0  # no warmup, no decay: constant
-    with pytest.raises(ValueError, match="lr_final_ratio must be in"):
+    with pytest.raises(ConfigError, match=r"learner.lr_final_ratio: -0.5 must be in \[0, 1\]"):
         Learner(ModelConfig(path="unused"), LearnerConfig(lr_final_ratio=-0.5))
 
 
@@ -161,13 +161,13 @@ def test_export_loads_in_transformers_with_the_learners_logprobs(model_cfg, turn
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from learner.export import pack, unpack
     from learner.processing import encode_prompt
+    from learner.weight_sync import unpack
 
     learner = make_learner(model_cfg, lr=5e-2)
     for i in range(2):
         learner.step(turns[i * 8 : (i + 1) * 8])
-    folder = unpack(pack(learner.export(tmp_path / "v1")), tmp_path / "shipped")
+    folder = unpack(learner.adapter_bytes(), tmp_path / "shipped")
     t = turns[3]
     gen = learner.processor.tokenizer(t.action_text, add_special_tokens=False)["input_ids"]
     ours = learner.reference_logprobs(t.messages, t.images, gen)
@@ -190,7 +190,7 @@ def test_unpack_refuses_foreign_members(tmp_path):
     import io
     import tarfile
 
-    from learner.export import unpack
+    from learner.weight_sync import unpack
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

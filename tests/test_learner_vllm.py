@@ -13,14 +13,14 @@ TOL = 1e-4  # float32 on both sides (the same tolerance as the vLLM/transformers
 
 
 def test_exported_adapter_scores_the_same_in_vllm(vllm_backend, fresh_version, tiny_vlm_dir, tmp_path):
-    from learner.export import pack, unpack
     from learner.trainer import Learner
+    from learner.weight_sync import unpack
 
     turns = numberline_turns(4)
     learner = Learner(ModelConfig(path=str(tiny_vlm_dir)), LearnerConfig(lr=5e-2, critic_lr=5e-2))
     for i in range(2):
         learner.step(turns[i * 6 : (i + 1) * 6])
-    folder = unpack(pack(learner.export(tmp_path / "export")), tmp_path / "shipped")
+    folder = unpack(learner.adapter_bytes(), tmp_path / "shipped")
     version = fresh_version()
     vllm_backend.load_lora(version, str(folder))
     try:

@@ -13,8 +13,8 @@ import torch
 
 from actors.hf_backend import HFBackend
 from actors.protocol import Completion, Request
-from actors.sampler import Probe, Sampler, VersionedSampler
-from learner.export import pack
+from actors.sampler import Sampler, VersionedSampler
+from learner.weight_sync import Probe, pack
 from vlmq.config import LearnerConfig, ModelConfig, SamplerConfig
 
 PROMPT = [

@@ -14,6 +14,7 @@ layout and resume rules.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import ray
 
-from vlmq.config import RunConfig, save_config
+from vlmq.config import RunConfig, save_config, validate
 from vlmq.evaluate import evaluate_policy
 from vlmq.monitor import Monitor, table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Driver:
         from learner.trainer import LearnerGroup
         from replay.client import start_replay
 
+        validate(cfg)  # before any folder or Ray: a hand-made config (train() from Python) too
         _absolute(cfg)
         self.cfg = cfg
         self.run_dir = cfg.run_dir
@@ -91,10 +95,9 @@ class Driver:
         self.monitor = Monitor(self.run_dir, cfg.name)
         self._ensure_model()
         if cfg.env.obs_mode == "both":
-            print(
+            log.info(
                 "obs_mode=both: every prompt has the image and the state in words (a random-initialised "
-                "tiny model cannot learn to read digits from pixels on a CPU in minutes)",
-                flush=True,
+                "tiny model cannot learn to read digits from pixels on a CPU in minutes)"
             )
         self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
         self._ensure_offline_data()
@@ -103,9 +106,8 @@ class Driver:
         if ckpt is not None:
             self.learner.load(ckpt / "learner")
             self.state = DriverState(**json.loads((ckpt / "driver.json").read_text()))
-            print(
-                f"resumed from {ckpt.name}: update {self.state.updates}, version {self.state.version}",
-                flush=True,
+            log.info(
+                "resumed from %s: update %d, version %d", ckpt.name, self.state.updates, self.state.version
             )
         self.samplers = start_samplers(cfg)
         self.runners = start_runners(cfg, self.samplers, self.replay)
@@ -124,7 +126,7 @@ class Driver:
         from vlmq.tiny_model import build_tiny_model
 
         build_tiny_model(path, arch="text" if self.cfg.model.text_only else "idefics3", seed=self.cfg.seed)
-        print(f"built the tiny {'text' if self.cfg.model.text_only else 'VLM'} model at {path}", flush=True)
+        log.info("built the tiny %s model at %s", "text" if self.cfg.model.text_only else "VLM", path)
 
     def _ensure_offline_data(self) -> None:
         from actors.collect import collect
@@ -140,13 +142,12 @@ class Driver:
                 shutil.rmtree(path)  # a collection that died half-way
             t0 = time.time()
             summary = collect(cfg, str(path), workers=2)
-            print(
-                f"collected {cfg.data.episodes} {cfg.data.policy} episodes of {cfg.env.id} in "
-                f"{time.time() - t0:.0f}s: success {summary.get('success_rate', float('nan')):.3f}",
-                flush=True,
-            )
+            log.info(
+                "collected %d %s episodes of %s in %.0fs: success %.3f", cfg.data.episodes, cfg.data.policy,
+                cfg.env.id, time.time() - t0, summary.get("success_rate", float("nan")),
+            )  # fmt: skip
         n = self.replay.load_offline(str(path))
-        print(f"offline partition: {n} turns from {path}", flush=True)
+        log.info("offline partition: %d turns from %s", n, path)
 
     def _make_probe(self) -> dict:
         """A fixed prompt and continuation that every pushed version is checked on."""
@@ -166,24 +167,22 @@ class Driver:
     # ---- the pieces of a phase -------------------------------------------------------------------
     def publish(self) -> bool:
         """Export the learner's adapter as the next version, push it to every sampler, verified."""
-        from learner.export import pack
+        from learner.weight_sync import unpack
 
         if not self.uses_lora:
             return False
         version = self.state.version + 1
         t0 = time.perf_counter()
-        folder = self.learner.publish(self.run_dir / "adapters" / f"v{version}")
+        data = self.learner.adapter_bytes()
+        unpack(data, self.run_dir / "adapters" / f"v{version}")  # the run's record (vlmq eval --adapter)
         probe = dict(self.probe, logprobs=self.learner.reference_logprobs(**self.probe))
-        blob = ray.put(pack(folder))
+        blob = ray.put(data)
         oks = ray.get([s.load_adapter.remote(version, blob, probe) for s in self.samplers])
         sync_s = time.perf_counter() - t0
         if not all(oks):
             self.failed_pushes += 1
             self.monitor.count("sync_failures", oks.count(False))
-            print(
-                f"WARNING: version {version} refused by {oks.count(False)} sampler(s): probe mismatch",
-                flush=True,
-            )
+            log.warning("version %d refused by %d sampler(s): probe mismatch", version, oks.count(False))
             if self.failed_pushes >= 3:
                 raise RuntimeError("3 LoRA pushes in a row were refused by the samplers' probe check")
             return False
@@ -201,6 +200,7 @@ class Driver:
         turns = self.replay.sample(cfg.batch_size, offline_fraction)
         m = self.learner.step(turns)
         self.state.updates += 1
+        self.monitor.step = self.state.updates
         self.monitor.count("updates", 1)
         self.monitor.gauge("actor_loss", m["actor_loss"])
         self.monitor.gauge("critic_loss", m["critic_loss"])
@@ -231,11 +231,11 @@ class Driver:
             "eval", self.state.env_steps,
             {"success": out["success_rate"], "return": out["mean_return"], "syntax_accuracy": out["syntax_accuracy"]},
         )  # fmt: skip
-        print(
-            f"[eval {label}] version {self.state.version}: success {out['success_rate']:.3f}, "
-            f"return {out['mean_return']:.3f}, syntax {out['syntax_accuracy']:.3f} ({out['episodes']} episodes)",
-            flush=True,
-        )
+        log.info(
+            "[eval %s] version %d: success %.3f, return %.3f, syntax %.3f (%d episodes)",
+            label, self.state.version, out["success_rate"], out["mean_return"], out["syntax_accuracy"],
+            out["episodes"],
+        )  # fmt: skip
         return out["success_rate"]
 
     def _offline_fraction(self, online_update: int) -> float:
@@ -247,12 +247,13 @@ class Driver:
     # ---- the phases ------------------------------------------------------------------------------
     def offline_phase(self) -> None:
         cfg = self.cfg.learner
+        self.monitor.phase("offline", self.state.updates)
         while self.state.updates < cfg.offline_steps:
             m = self.update(1.0)
             self.monitor.line(
-                f"[offline] update {self.state.updates}/{cfg.offline_steps} actor {m['actor_loss']:.3f} "
-                f"critic {m['critic_loss']:.4f} accept {m['filter_rate']:.2f}"
-            )
+                self.state.updates, cfg.offline_steps, "updates",
+                f"actor {m['actor_loss']:.3f} critic {m['critic_loss']:.4f} accept {m['filter_rate']:.2f}",
+            )  # fmt: skip
 
     def online_phase(self) -> None:
         cfg = self.cfg.learner
@@ -263,6 +264,7 @@ class Driver:
             self.publish()  # a resumed job's samplers are new: push the current policy first
         runs = [r.run.remote(None) for r in self.runners]
         base_steps, t0, last = self.state.env_steps, time.time(), {}
+        self.monitor.phase("online", self.state.updates)
         try:
             while self.state.updates < end:
                 stats = ray.get([r.stats.remote() for r in self.runners])
@@ -291,6 +293,7 @@ class Driver:
             self.state.env_steps = base_steps + sum(s["turns"] for s in final)
             self.state.online_s += time.time() - t0
             self.replay.flush()
+        self._record_slow(final, time.time() - t0)  # the actors' last stats, also for a short run
 
     def _report(self, stats: list[dict], turns: int, elapsed: float, last: dict) -> None:
         rate = turns / max(elapsed, 1e-6)
@@ -302,23 +305,29 @@ class Driver:
             "policy_staleness", self.state.updates - self.state.version_updates.get(str(newest), 0)
         )
         if self.state.updates % 10 == 0 and last:
-            r = self.replay.stats()
-            self.monitor.gauge("replay_size", r["offline"], partition="offline")
-            self.monitor.gauge("replay_size", r["online"], partition="online")
-            if r["sample_age_turns"] == r["sample_age_turns"]:
-                self.monitor.gauge("replay_sample_age", r["sample_age_turns"])
-            samp = ray.get([s.stats.remote() for s in self.samplers])
-            self.monitor.gauge("sampler_tokens_per_s", sum(s["tokens"] for s in samp) / max(elapsed, 1e-6))
+            self._record_slow(stats, elapsed)
             syntax = [s["syntax_accuracy"] for s in ok]
             self.monitor.log(
                 "collection", self.state.env_steps,
                 {"success": success, "return": sum(s["mean_return"] for s in ok) / max(1, len(ok)),
                  "syntax_accuracy": sum(syntax) / max(1, len(syntax)), "env_steps_per_s": rate},
             )  # fmt: skip
+        end = self.cfg.learner.offline_steps + self.cfg.learner.online_steps
         self.monitor.line(
-            f"[online] update {self.state.updates} env steps {self.state.env_steps} ({rate:.1f}/s) "
-            f"success {success:.2f} version {self.state.version}"
-        )
+            self.state.updates, end, "updates",
+            f"env steps {self.state.env_steps} ({rate:.1f}/s) success {success:.2f} version {self.state.version}",
+        )  # fmt: skip
+
+    def _record_slow(self, stats: list[dict], elapsed: float) -> None:
+        """The metrics that cost a round trip to the replay and the samplers: every 10 updates."""
+        r = self.replay.stats()
+        self.monitor.gauge("replay_size", r["offline"], partition="offline")
+        self.monitor.gauge("replay_size", r["online"], partition="online")
+        if r["sample_age_turns"] == r["sample_age_turns"]:  # NaN until online turns are sampled
+            self.monitor.gauge("replay_sample_age", r["sample_age_turns"])
+        samp = ray.get([s.stats.remote() for s in self.samplers])
+        self.monitor.gauge("sampler_tokens_per_s", sum(s["tokens"] for s in samp) / max(elapsed, 1e-6))
+        self.monitor.record_actors(stats, samp)
 
     def summary(self, wall_s: float) -> dict:
         s = self.state
@@ -360,10 +369,11 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         d.checkpoint()
         results = d.summary(time.time() - t0)
         d.monitor.finish()
-        print()
-        print(table([(k, v) for k, v in results.items()]))
-        print(f"\nresults: {d.run_dir / 'results.json'}; plots: {d.run_dir}/collection.png, learning.png; "
-              f"TensorBoard: tensorboard --logdir {d.run_dir / 'tensorboard'}", flush=True)  # fmt: skip
+        print("\n" + table([(k, v) for k, v in results.items()]), flush=True)  # the command's result
+        log.info(
+            "results: %s; plots: %s/collection.png, learning.png; TensorBoard: tensorboard --logdir %s",
+            d.run_dir / "results.json", d.run_dir, d.run_dir / "tensorboard",
+        )  # fmt: skip
         return results
     finally:
         d.shutdown()

@@ -51,7 +51,7 @@ def evaluate_run(
     """Greedy evaluation of a run's policy (a checkpoint's, or any adapter folder) with the run's
     config.yaml plus dotted overrides (`env.id=...`, `eval.episodes=...`)."""
     from actors.placement import start_runners, start_samplers
-    from learner.export import pack
+    from learner.weight_sync import pack
     from vlmq.config import load_config
     from vlmq.driver import _init_ray
 
