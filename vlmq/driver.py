@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import ray
 
 from vlmq.config import RunConfig, save_config, validate
-from vlmq.evaluate import evaluate_policy
+from vlmq.evaluate import evaluate_policy, init_ray, latest_checkpoint
 from vlmq.monitor import Monitor, table
 
 log = logging.getLogger(__name__)
@@ -54,22 +53,6 @@ def _absolute(cfg: RunConfig) -> None:
         cfg.replay.root = str(Path(cfg.replay.root).absolute())
 
 
-def _init_ray() -> None:
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:  # logical CPUs: actors mostly wait on each other, so oversubscribing a small machine is fine
-        ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
-
-
-def _latest_checkpoint(ckpt_root: Path) -> Path | None:
-    latest = ckpt_root / "latest"
-    return ckpt_root / latest.read_text().strip() if latest.exists() else None
-
-
 class Driver:
     def __init__(self, cfg: RunConfig, resume: bool):
         from actors.placement import start_runners, start_samplers
@@ -81,7 +64,7 @@ class Driver:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.ckpt_root = self.run_dir / "checkpoints"
-        ckpt = _latest_checkpoint(self.ckpt_root)
+        ckpt = latest_checkpoint(self.ckpt_root)
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_root}; nothing to resume")
         if not resume and ckpt is not None:
@@ -91,7 +74,7 @@ class Driver:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
-        _init_ray()
+        init_ray()
         self.monitor = Monitor(self.run_dir, cfg.name)
         self._ensure_model()
         if cfg.env.obs_mode == "both":

@@ -1,4 +1,5 @@
-"""Greedy evaluation on held-out seeds: the driver's evaluations during a run, and `vlmq eval` after it.
+"""Greedy evaluation on held-out seeds: the driver's evaluations during a run, and `vlmq eval` after it
+(with the two pieces both need: joining Ray, finding a run's newest checkpoint).
 
 `vlmq eval` serves a run's policy as the run did: a checkpoint's policy is the LoRA version its samplers
 were serving (driver.json `version`; the adapter the run published under adapters/v<version>, 0 being
@@ -10,12 +11,30 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 import ray
 
 log = logging.getLogger(__name__)
+
+
+def init_ray() -> None:
+    """Join the cluster RAY_ADDRESS names, else start a local Ray (unless one is running here)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:  # logical CPUs: actors mostly wait on each other, so oversubscribing a small machine is fine
+        ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    latest = ckpt_root / "latest"
+    return ckpt_root / latest.read_text().strip() if latest.exists() else None
 
 
 def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
@@ -34,10 +53,8 @@ def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
 
 def checkpoint_adapter(run_dir: Path, step: int | None = None) -> Path | None:
     """The adapter a run's samplers served at checkpoint `step` (None: the newest); None: the base model."""
-    from vlmq.driver import _latest_checkpoint
-
     ckpts = run_dir / "checkpoints"
-    ckpt = _latest_checkpoint(ckpts) if step is None else ckpts / f"step_{step:07d}"
+    ckpt = latest_checkpoint(ckpts) if step is None else ckpts / f"step_{step:07d}"
     if ckpt is None or not (ckpt / "driver.json").exists():
         have = sorted(p.name for p in ckpts.glob("step_*"))
         raise FileNotFoundError(f"no checkpoint {ckpt or ckpts}; checkpoints there: {have or 'none'}")
@@ -53,7 +70,6 @@ def evaluate_run(
     from actors.placement import start_runners, start_samplers
     from learner.weight_sync import pack
     from vlmq.config import load_config
-    from vlmq.driver import _init_ray
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", list(overrides))
@@ -63,7 +79,7 @@ def evaluate_run(
         adapter = adapter or checkpoint_adapter(run_dir, checkpoint)
         policy = str(adapter or "base model")
     log.info("evaluating %s on %s, %d episodes", policy, cfg.env.id, cfg.eval.episodes)
-    _init_ray()
+    init_ray()
     with tempfile.TemporaryDirectory(prefix="vlmq-eval-") as state:  # not the run's own sampler state
         samplers = start_samplers(cfg, state)
         runners = []
