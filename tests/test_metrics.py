@@ -20,3 +20,19 @@ def test_the_docs_table_is_the_declared_table():
 def test_every_metric_belongs_to_one_recorder():
     assert {s.tags for s in SPECS.values()} == {RUNNER, SAMPLER, DRIVER}
     assert all(bool(s.boundaries) == (s.kind == "histogram") for s in SPECS.values())
+
+
+def test_the_progress_line_shows_the_phases_rate_and_eta(tmp_path, monkeypatch, caplog):
+    import logging
+    import time
+
+    from vlmq.monitor import Monitor
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monitor = Monitor(tmp_path, "t")
+    monitor.phase("offline", 20)  # a resumed phase: the rate counts from where it began
+    clock[0] += 30.0
+    with caplog.at_level(logging.INFO):
+        monitor.line(80, 200, "updates", "actor 0.5")
+    assert "[offline] 80/200 updates (2.00/s, ETA 00:01:00) actor 0.5" in caplog.text
