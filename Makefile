@@ -11,9 +11,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint bench run clean
+.PHONY: help setup test lint bench run bench-run clean
 
-setup: $(STAMP)
+help: ## list the targets
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "%-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## create .venv/ and install the project (again only when pyproject.toml or the Makefile change)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
@@ -28,23 +31,26 @@ $(STAMP): pyproject.toml Makefile
 	rm -f .venv/.setup-*
 	touch $(STAMP)
 
-test: setup
+test: setup ## the whole test suite
 	$(PY) -m pytest -q -ra
 
-lint: setup
+lint: setup ## ruff check and ruff format --check
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-bench: setup
+bench: setup ## every benchmarks/*.py, writing benchmarks/results/
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The embedded default: local Ray, tiny offline VLM, NumberLine. Each run gets a new directory, so an
-# earlier run is never overwritten; its results also land in benchmarks/results/run_numberline.json.
+# earlier run is never overwritten, and a run writes only under runs/.
 RUN_NAME := numberline-$(shell date +%Y%m%d-%H%M%S)
-run: setup
+run: setup ## train the tiny VLM on NumberLine into runs/numberline-<time>/ and print its results
 	$(PY) -m vlmq.cli train --config configs/numberline.yaml name=$(RUN_NAME)
-	cp runs/$(RUN_NAME)/results.json benchmarks/results/run_numberline.json
 	@echo "results: runs/$(RUN_NAME)/ (results.json, collection.png, learning.png, tensorboard/)"
 
-clean:
+# Refreshing the committed result is a choice, not a side effect of every run.
+bench-run: run ## the same run, then its results.json over benchmarks/results/run_numberline.json
+	cp runs/$(RUN_NAME)/results.json benchmarks/results/run_numberline.json
+
+clean: ## remove .venv/, runs/ and the pytest cache
 	rm -rf .venv runs .pytest_cache

@@ -1,10 +1,11 @@
-"""The `vlmq` command: `python -m vlmq`, `vlmq config`, `--log-level`, and `vlmq eval` on the
-checkpoints of a short smoke run."""
+"""The `vlmq` command: `python -m vlmq`, `vlmq config`, `--log-level`, one-line errors for bad paths,
+the Makefile's targets, and `vlmq eval` and `vlmq plot` on a short smoke run."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,88 @@ def test_log_level_sets_which_diagnostics_show(monkeypatch, caplog, tmp_path):
         main(["--log-level", "loud", "config"])
 
 
+@pytest.fixture
+def paths(tmp_path) -> dict[str, Path]:
+    """What the bad-path commands are given: a missing path, a file, a folder, a run folder with its
+    config, one that already holds a checkpoint (out_dir `runs`, name smoke), and a folder with a segment."""
+    from vlmq.config import save_config
+
+    p = {k: tmp_path / k for k in ("missing", "file", "folder", "run", "runs", "dataset")}
+    p["file"].write_text("")
+    p["folder"].mkdir()
+    save_config(load_config(SMOKE), p["run"] / "config.yaml")
+    (p["runs"] / "smoke" / "checkpoints").mkdir(parents=True)
+    (p["runs"] / "smoke" / "checkpoints" / "latest").write_text("step_0000004")
+    p["dataset"].mkdir()
+    (p["dataset"] / "seg-000000.parquet").write_text("")
+    return p
+
+
+# each command given a bad path, and the path its error must name ({missing} etc.: the `paths` above)
+BAD_PATHS = {
+    "train config": (["train", "--config", "{missing}"], "{missing}"),
+    "config config": (["config", "--config", "{missing}"], "{missing}"),
+    "train model": (
+        ["train", "--config", SMOKE, "model.path={missing}", "model.build_tiny=false"],
+        "{missing}",
+    ),
+    "train dataset": (["train", "--config", SMOKE, "data.path={folder}"], "{folder}"),
+    "train resume": (["train", "--config", SMOKE, "--resume", "out_dir={folder}"], "{folder}/smoke"),
+    "train existing run": (["train", "--config", SMOKE, "out_dir={runs}"], "{runs}/smoke"),
+    "eval run": (["eval", "--run", "{missing}"], "{missing}"),
+    "eval checkpoint": (["eval", "--run", "{run}", "--checkpoint", "7"], "{run}/checkpoints/step_0000007"),
+    "eval adapter": (["eval", "--run", "{run}", "--adapter", "{folder}"], "{folder}"),
+    "plot run": (["plot", "--run", "{run}"], "{run}"),
+    "model tiny out": (["model", "tiny", "--out", "{file}"], "{file}"),
+    "collect config": (["data", "collect", "--config", "{missing}", "--out", "{folder}"], "{missing}"),
+    "collect out": (["data", "collect", "--config", SMOKE, "--out", "{dataset}"], "{dataset}"),
+    "info dataset": (["data", "info", "{missing}"], "{missing}"),
+    "export dataset": (["data", "export", "{missing}", "--out", "{file}"], "{missing}"),
+    "export out": (["data", "export", "{dataset}", "--out", "{folder}"], "{folder}"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PATHS)
+def test_a_bad_path_is_one_line_naming_it_and_exit_status_2(case, paths, capsys):
+    argv, named = BAD_PATHS[case]
+    with pytest.raises(SystemExit) as exit_:
+        main([arg.format(**paths) for arg in argv])
+    out, named = capsys.readouterr(), named.format(**paths)
+    assert exit_.value.code == 2 and out.out == ""
+    assert out.err.startswith("vlmq: ") and out.err.count("\n") == 1 and out.err.endswith("\n"), out.err
+    assert f"{named} " in out.err or f"{named};" in out.err, out.err
+
+
+def _make(*args: str) -> str:
+    return subprocess.run(["make", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
+def test_make_help_lists_every_target_and_only_bench_run_writes_outside_runs():
+    phony = next(line for line in (REPO / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    listed = [line.split()[0] for line in _make("help").splitlines()]
+    assert listed == phony.split()[1:]
+    run, bench_run = _make("-n", "run", "RUN_NAME=x"), _make("-n", "bench-run", "RUN_NAME=x")
+    assert "benchmarks/" not in run
+    assert (
+        bench_run.startswith(run)
+        and "cp runs/x/results.json benchmarks/results/run_numberline.json" in bench_run
+    )
+
+
+def _tracked_changes() -> str:
+    """The checkout's changes to tracked files, as `git status` shows them."""
+    cmd = ["git", "status", "--porcelain", "--untracked-files=no"]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
-def smoke_run(ray_local, tiny_vlm_dir, tmp_path_factory) -> Path:
+def tracked_before_smoke() -> str | None:
+    """The tracked changes just before the smoke run (None outside a git checkout)."""
+    return _tracked_changes() if shutil.which("git") and (REPO / ".git").exists() else None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ray_local, tiny_vlm_dir, tmp_path_factory, tracked_before_smoke) -> Path:
     """configs/smoke.yaml cut to 2 offline updates and 1 online one, in this process: checkpoints at
     update 2 (serving version 1) and 3 (version 2). One pipeline group, so an evaluation's sampler
     calls, and so its numbers, do not depend on timing."""
@@ -78,6 +159,31 @@ def smoke_run(ray_local, tiny_vlm_dir, tmp_path_factory) -> Path:
     )  # fmt: skip
     train(cfg)
     return out / "smoke"
+
+
+@pytest.mark.slow
+def test_a_run_leaves_the_checkout_as_it_found_it(smoke_run, tracked_before_smoke):
+    """Compared with the tracked changes just before the run rather than required to be none: someone
+    may be editing the checkout while the tests run. The first test of the smoke run, so that window is
+    the run itself."""
+    if tracked_before_smoke is None:
+        pytest.skip("not a git checkout")
+    assert _tracked_changes() == tracked_before_smoke
+
+
+@pytest.mark.slow
+def test_the_history_marks_the_pushes_and_the_online_phase(smoke_run, tmp_path, capsys):
+    history = json.loads((smoke_run / "history.json").read_text())
+    assert [(p["name"], p["x"], p["env_steps"]) for p in history["phases"]] == [
+        ("offline", 0, 0),
+        ("online", 2, 0),
+    ]
+    pushes = [(p["version"], p["x"], p["env_steps"] > 0) for p in history["pushes"]]
+    assert pushes == [(1, 2, False), (2, 3, True)]  # v1 after the offline phase, v2 after update 3 (online)
+    main(["plot", "--run", str(smoke_run), "--out", str(tmp_path), "--prefix", "again_"])
+    drawn = [tmp_path / "again_collection.png", tmp_path / "again_learning.png"]
+    assert capsys.readouterr().out.split() == [str(p) for p in drawn]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in drawn)
 
 
 def _eval(capsys, *args: str) -> dict[str, str]:
@@ -118,13 +224,14 @@ def test_eval_of_an_adapter_on_another_env(smoke_run, capsys):
 
 
 @pytest.mark.slow
-def test_a_checkpoints_policy_is_the_version_its_samplers_served(smoke_run, tmp_path):
+def test_a_checkpoints_policy_is_the_version_its_samplers_served(smoke_run, tmp_path, capsys):
     from vlmq.evaluate import checkpoint_adapter
 
     assert checkpoint_adapter(smoke_run) == smoke_run / "adapters" / "v2"  # the newest: update 3
     assert checkpoint_adapter(smoke_run, 2) == smoke_run / "adapters" / "v1"
-    with pytest.raises(FileNotFoundError, match=r"checkpoints there: \['step_0000002', 'step_0000003'\]"):
+    with pytest.raises(SystemExit):
         main(["eval", "--run", str(smoke_run), "--checkpoint", "7"])
+    assert "checkpoints there: ['step_0000002', 'step_0000003']" in capsys.readouterr().err
     base = tmp_path / "checkpoints" / "step_0000001"
     base.mkdir(parents=True)
     (base / "driver.json").write_text(json.dumps({"version": 0}))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import logging.handlers
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +74,30 @@ def test_text_model_reloads_with_its_tokenizers_vocabulary_and_eos(tiny_text_dir
     assert set(enc) == {"input_ids"}
     assert model.config.vocab_size == len(tokenizer)  # every token the model can emit decodes
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_building_and_loading_warn_nothing(tmp_path):
+    """No Python warning and no record from transformers' loggers (which do not propagate to the root,
+    so caplog would miss them). Their warn-once cache is emptied first: a warning already given in this
+    session would otherwise not show again."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    records = logging.handlers.BufferingHandler(capacity=10_000)
+    logging.getLogger("transformers").addHandler(records)
+    logging.Logger.warning_once.cache_clear()  # transformers' lru_cache on logging.Logger
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            vlm, text = build_tiny_model(tmp_path / "vlm"), build_tiny_model(tmp_path / "text", arch="text")
+            assert AutoConfig.from_pretrained(vlm).text_config.pad_token_id == 0  # the model's own pad id
+            load_processor(str(vlm))
+            AutoModelForImageTextToText.from_pretrained(vlm)
+            load_processor(str(text), text_only=True)
+            AutoModelForCausalLM.from_pretrained(text)
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert [r.getMessage() for r in records.buffer if r.levelno >= logging.WARNING] == []
 
 
 def test_vlm_and_text_share_the_tokenizer(tiny_vlm_dir, tiny_text_dir):

@@ -2,7 +2,10 @@
 
 Subcommands import their modules lazily so `vlmq --help` stays fast and a missing optional
 dependency (vllm, a browser) only matters to the command that needs it. A command's result (a table,
-YAML, JSON) goes to stdout; diagnostics go to `logging` (stderr, `--log-level`).
+YAML, JSON) goes to stdout; diagnostics go to `logging` (stderr, `--log-level`). A missing or
+misplaced file or folder ends the command with one line naming it and what to do, exit status 2
+(the traceback is logged at DEBUG): each command checks the paths it is given before Ray or a model
+starts.
 """
 
 from __future__ import annotations
@@ -11,20 +14,39 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("vlmq")
+
+# What a bad path raises, here or in the modules the commands call (their messages name the path).
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _need(path: str | Path, message: str) -> None:
+    """Fail with `message` unless the local `path` exists (an fsspec URL is the storage's to check)."""
+    if "://" not in str(path) and not Path(path).exists():
+        raise FileNotFoundError(message)
+
+
+def _load_config(path: str | None, overrides: list[str]):
+    from vlmq.config import load_config
+
+    if path is not None:
+        _need(path, f"config file {path} does not exist; give a YAML file such as configs/numberline.yaml")
+    return load_config(path, overrides)
 
 
 def _model_tiny(args: argparse.Namespace) -> None:
     from vlmq.tiny_model import build_tiny_model
 
+    if Path(args.out).is_file():
+        raise NotADirectoryError(f"--out {args.out} is a file; give a folder for the model's files")
     out = build_tiny_model(args.out, arch=args.arch, seed=args.seed)
     log.info("tiny %s model written to %s", args.arch, out)
 
 
 def _data_collect(args: argparse.Namespace) -> None:
     from actors.collect import collect
-    from vlmq.config import load_config
 
     flags = {
         "env.id": args.env,
@@ -34,38 +56,75 @@ def _data_collect(args: argparse.Namespace) -> None:
         "data.seed": args.seed,
     }
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
-    summary = collect(load_config(args.config, overrides), args.out, workers=args.workers)
+    summary = collect(_load_config(args.config, overrides), args.out, workers=args.workers)
     print(json.dumps(summary, indent=2))
+
+
+def _need_dataset(path: str) -> None:
+    _need(path, f"dataset folder {path} does not exist; make one with `vlmq data collect --out {path}`")
 
 
 def _data_info(args: argparse.Namespace) -> None:
     from replay.datasets import info
 
+    _need_dataset(args.path)
     print(json.dumps(info(args.path), indent=2))
 
 
 def _data_export(args: argparse.Namespace) -> None:
     from replay.datasets import export
 
+    _need_dataset(args.path)
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(
+            f"--out {args.out} is a folder; give a file name, e.g. {args.out}/turns.jsonl"
+        )
     print(export(args.path, args.out, fmt=args.format))
 
 
 def _train(args: argparse.Namespace) -> None:
-    from vlmq.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_config(args.config, args.overrides)
+    # the driver checks these again, but only after importing the learner (and, for most, starting Ray)
+    if not cfg.model.build_tiny:
+        _need(
+            cfg.model.path,
+            f"model.path {cfg.model.path} does not exist; point it at a saved model folder, build the tiny "
+            f"model there (vlmq model tiny --out {cfg.model.path}) or set model.build_tiny=true",
+        )
+    if cfg.data.path:
+        _need(
+            Path(cfg.data.path) / "meta.json",
+            f"data.path {cfg.data.path} is not a dataset folder (no meta.json); collect one with "
+            f"`vlmq data collect --out {cfg.data.path}`, or leave data.path empty to collect one in the run",
+        )
+    if args.resume:
+        _need(
+            cfg.run_dir / "checkpoints" / "latest",
+            f"--resume: {cfg.run_dir} holds no checkpoint; drop --resume to start the run, or check name= "
+            "and out_dir=",
+        )
     from vlmq.driver import train
 
     train(cfg, resume=args.resume)
 
 
 def _config(args: argparse.Namespace) -> None:
-    from vlmq.config import dump_config, load_config
+    from vlmq.config import dump_config
 
-    sys.stdout.write(dump_config(load_config(args.config, args.overrides)))
+    sys.stdout.write(dump_config(_load_config(args.config, args.overrides)))
 
 
 def _eval(args: argparse.Namespace) -> None:
+    _need(
+        Path(args.run) / "config.yaml",
+        f"{args.run} is not a run folder (no config.yaml); give one that vlmq train wrote, runs/<name>",
+    )
+    if args.adapter:
+        _need(
+            Path(args.adapter) / "adapter_config.json",
+            f"{args.adapter} is not a LoRA adapter folder (no adapter_config.json); give one of the run's "
+            f"{Path(args.run) / 'adapters'}/v<N>",
+        )
     from vlmq.evaluate import evaluate_run
     from vlmq.monitor import table
 
@@ -73,6 +132,15 @@ def _eval(args: argparse.Namespace) -> None:
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
     results = evaluate_run(args.run, args.checkpoint, args.adapter, overrides)
     print(table(list(results.items())))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from vlmq.monitor import plot_history
+
+    history = Path(args.run) / "history.json"
+    _need(history, f"{args.run} has no history.json; give a finished run's folder, runs/<name>")
+    for path in plot_history(json.loads(history.read_text()), Path(args.out or args.run), args.prefix):
+        print(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes (default: the run's eval.episodes)")
     ev.add_argument("overrides", nargs="*", help="dotted overrides of the run's config")
     ev.set_defaults(func=_eval)
+
+    pl = sub.add_parser("plot", help="redraw a run's collection.png and learning.png from its history.json")
+    pl.add_argument("--run", required=True, help="a run folder (runs/<name>, with its history.json)")
+    pl.add_argument("--out", help="the folder to draw into (default: the run folder)")
+    pl.add_argument("--prefix", default="", help="put before the file names, e.g. make_run_")
+    pl.set_defaults(func=_plot)
 
     m = sub.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = m.add_parser("tiny", help="build the tiny random-initialised model offline")
@@ -149,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except ConfigError as err:
         parser.exit(2, f"vlmq: config error: {err}\n")
+    except PATH_ERRORS as err:
+        log.debug("the path error's traceback", exc_info=True)
+        cause = getattr(err, "cause", err)  # raised in a Ray task: the original, not the remote traceback
+        parser.exit(2, f"vlmq: {cause}\n")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,9 @@ class Driver:
         self.state.version_updates[str(version)] = self.state.updates
         self.monitor.observe("sync_latency_s", sync_s)
         self.monitor.gauge("policy_version", version)
+        self.monitor.log(
+            "pushes", self.state.updates, {"version": version, "env_steps": self.state.env_steps}
+        )
         return True
 
     def update(self, offline_fraction: float) -> dict[str, float]:
@@ -230,7 +233,7 @@ class Driver:
     # ---- the phases ------------------------------------------------------------------------------
     def offline_phase(self) -> None:
         cfg = self.cfg.learner
-        self.monitor.phase("offline", self.state.updates)
+        self.monitor.phase("offline", self.state.updates, self.state.env_steps)
         while self.state.updates < cfg.offline_steps:
             m = self.update(1.0)
             self.monitor.line(
@@ -247,7 +250,7 @@ class Driver:
             self.publish()  # a resumed job's samplers are new: push the current policy first
         runs = [r.run.remote(None) for r in self.runners]
         base_steps, t0, last = self.state.env_steps, time.time(), {}
-        self.monitor.phase("online", self.state.updates)
+        self.monitor.phase("online", self.state.updates, self.state.env_steps)
         try:
             while self.state.updates < end:
                 stats = ray.get([r.stats.remote() for r in self.runners])

@@ -34,7 +34,9 @@ class Monitor:
         self.totals = {n: 0.0 for n, s in SPECS.items() if s.tags == DRIVER and s.kind == "counter"}
         for name in self.totals:
             self._tb(name, 0.0)
-        self.history: dict[str, list[dict[str, Any]]] = {"updates": [], "collection": [], "eval": []}
+        self.history: dict[str, list[dict[str, Any]]] = {
+            "updates": [], "collection": [], "eval": [], "pushes": [], "phases": []
+        }  # fmt: skip
         self.t0 = time.time()
         self._last_line = 0.0
         self._phase: tuple[str, float, int] = ("", 0.0, 0)  # name, start time, start count
@@ -77,12 +79,16 @@ class Monitor:
             if v == v:  # NaN: nothing to show yet
                 self._tb(name, v)
 
-    def phase(self, name: str, start: int) -> None:
-        """A new phase of the progress line: rates and ETAs count from here."""
+    def phase(self, name: str, start: int, env_steps: int = 0) -> None:
+        """A new phase of the progress line (rates and ETAs count from here), and of the history: the
+        plots mark where it began, at update `start` and env step `env_steps`."""
         self._phase = (name, time.time(), start)
+        row = {"name": name, "x": start, "env_steps": env_steps, "wall_s": round(time.time() - self.t0, 3)}
+        self.history["phases"].append(row)
 
     def log(self, kind: str, x: int, values: dict[str, float]) -> None:
-        """One row of history (`updates` against update step, `collection` and `eval` against env steps)."""
+        """One row of history: `updates` and `pushes` (with `version`, `env_steps`) against update step,
+        `collection` and `eval` against env steps."""
         row = {"x": x, "wall_s": round(time.time() - self.t0, 3), **values}
         self.history[kind].append(row)
         for k, v in values.items():
@@ -108,33 +114,57 @@ class Monitor:
         self.tb.flush()
         path = self.run_dir / "history.json"
         path.write_text(json.dumps(self.history, indent=1))
-        self._plots()
+        plot_history(self.history, self.run_dir)
         return path
 
-    def _plots(self) -> None:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def plot_history(history: dict[str, list[dict[str, Any]]], out_dir: Path, prefix: str = "") -> list[Path]:
+    """`collection.png` (success, return, syntax against env steps: collection as a line, the greedy
+    evaluations as points) and `learning.png` (losses, filter acceptance against updates), each marking
+    where the online phase began and every LoRA version pushed. Drawn at the end of a run, and again
+    from its history.json by `vlmq plot`."""
+    import matplotlib
 
-        panels = [
-            ("collection", ["success", "return", "syntax_accuracy"], "env steps", "collection.png"),
-            ("updates", ["actor_loss", "critic_loss", "filter_rate"], "updates", "learning.png"),
-        ]
-        for kind, keys, xlabel, fname in panels:
-            rows = self.history[kind]
-            fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
-            for ax, key in zip(axes, keys):
-                pts = [(r["x"], r[key]) for r in rows if key in r]
-                if kind == "collection":
-                    pts += [(r["x"], r[key]) for r in self.history["eval"] if key in r]
-                if pts:
-                    ax.plot(*zip(*sorted(pts)), marker=".")
-                ax.set_title(key)
-                ax.set_xlabel(xlabel)
-            fig.tight_layout()
-            fig.savefig(self.run_dir / fname, dpi=80)
-            plt.close(fig)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(ax, rows: list[dict], key: str, **style) -> None:
+        pts = sorted((r["x"], r[key]) for r in rows if key in r)
+        if pts:
+            ax.plot(*zip(*pts), **style)
+
+    online = [p for p in history.get("phases", []) if p["name"] == "online"]
+    pushes = history.get("pushes", [])
+    figures = [  # file, panels, x label, where a push or a phase sits on that x axis
+        ("collection.png", ["success", "return", "syntax_accuracy"], "env steps", "env_steps"),
+        ("learning.png", ["actor_loss", "critic_loss", "filter_rate"], "updates", "x"),
+    ]
+    paths = []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for fname, keys, xlabel, at in figures:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+        for ax, key in zip(axes, keys):
+            if fname == "collection.png":
+                series(ax, history["collection"], key, marker=".", label="collection (sampled)")
+                evals = dict(ls="none", marker="D", color="C3", label="eval (greedy, held-out seeds)")
+                series(ax, history["eval"], key, **evals)
+            else:
+                series(ax, history["updates"], key, lw=0.8, label="learner update")
+            for i, p in enumerate(pushes):
+                ax.axvline(p[at], color="0.6", ls=":", lw=1, label=None if i else "LoRA version pushed")
+                ax.text(p[at], 1.0, f"v{p['version']}", transform=ax.get_xaxis_transform(), fontsize=6,
+                        color="0.4", ha="center", va="bottom")  # fmt: skip
+            for p in online:
+                ax.axvline(p[at], color="k", ls="--", lw=1, label="online phase begins")
+            ax.set_title(key, pad=10)
+            ax.set_xlabel(xlabel)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels) or 1, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        paths.append(Path(out_dir) / f"{prefix}{fname}")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
 
 
 def table(rows: list[tuple[str, Any]]) -> str:
