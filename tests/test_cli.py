@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,11 @@ def test_a_bad_path_is_one_line_naming_it_and_exit_status_2(case, paths, capsys)
 
 
 def _make(*args: str) -> str:
-    return subprocess.run(["make", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    """`make` as a user runs it, also when the suite itself runs under `make test` (CI): without the
+    parent's MAKEFLAGS/MAKELEVEL, and without "Entering directory" lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    cmd = ["make", "--no-print-directory", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def test_make_help_lists_every_target_and_only_bench_run_writes_outside_runs():

@@ -94,8 +94,9 @@ def test_export_jsonl_and_parquet(dataset, tmp_path, capsys):
     assert pq.read_table(tmp_path / "all.parquet").equals(table)
     with pytest.raises(ValueError, match="jsonl or parquet"):
         export(dataset, str(tmp_path / "x.csv"), fmt="csv")
-    with pytest.raises(FileExistsError, match="already holds a dataset"):
+    with pytest.raises(SystemExit) as exit_:  # the CLI answers a used folder with one line, status 2
         main(["data", "collect", "--env", "numberline", "--episodes", "1", "--out", dataset])
+    assert exit_.value.code == 2 and "already holds a dataset" in capsys.readouterr().err
 
 
 @pytest.mark.slow
