@@ -14,8 +14,8 @@ for an evicted version falls back to the newest and is counted (`stale_requests`
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import queue
 import shutil
 import tempfile
@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 
 from actors.protocol import Completion, Request
 from learner.weight_sync import Probe, pack, probe_error, unpack
@@ -55,7 +58,8 @@ class SamplerStats:
 class VersionedSampler:
     """The sampler's logic without Ray: version bookkeeping, probe verification, restart state.
 
-    `state_dir` (optional) keeps the newest verified adapter (tar bytes + probe, one pickle) so that a
+    `state_dir` (optional) keeps the newest verified adapter (`v<N>/`: the peft folder, the probe as
+    JSON and its images as safetensors; `newest.json` names it, replaced atomically) so that a
     sampler restarted by Ray reloads it (`restore`; the actor restores only when Ray reconstructed it,
     so a new job never inherits an old run's version). Use a path on the sampler's node, or a shared mount on a
     multi-node cluster where a restart may land elsewhere; without it a restarted sampler serves the
@@ -73,11 +77,10 @@ class VersionedSampler:
         self._dirs: dict[int, Path] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="vlmq-adapters-"))
         self._lock = threading.RLock()  # one backend call at a time (generate vs load)
-        self.state_file = Path(state_dir) / "newest_adapter.pkl" if state_dir else None
-        if restore and self.state_file is not None and self.state_file.exists():
-            saved = pickle.loads(self.state_file.read_bytes())
-            if self.load_adapter(saved["version"], saved["adapter"], saved["probe"], persist=False):
-                self.stats.restored_version = saved["version"]
+        self.state_dir = Path(state_dir) if state_dir else None
+        saved = self._saved() if restore and self.state_dir is not None else None
+        if saved is not None and self.load_adapter(*saved, persist=False):
+            self.stats.restored_version = saved[0]
 
     @property
     def version(self) -> int:
@@ -138,13 +141,41 @@ class VersionedSampler:
             self.stats.resident = list(self._resident)
         self.stats.sync_ok += 1
         self.stats.last_sync_s = time.perf_counter() - t0
-        if persist and self.state_file is not None:
-            data = bytes(adapter) if isinstance(adapter, (bytes, bytearray)) else pack(path)
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps({"version": version, "adapter": data, "probe": probe}))
-            os.replace(tmp, self.state_file)  # atomic: a crash mid-write keeps the previous file
+        if persist and self.state_dir is not None:
+            self._save(version, path, probe)
         return True
+
+    def _save(self, version: int, adapter_dir: Path, probe: Probe | None) -> None:
+        """The restart state: plain files (no pickle: a shared volume must not hold code to run)."""
+        d = self.state_dir / f"v{version}"
+        unpack(pack(adapter_dir), d)
+        meta = {"version": version, "probe": None}
+        if probe is not None:
+            meta["probe"] = {"messages": probe.messages, "gen_ids": probe.gen_ids, "logprobs": probe.logprobs}
+            if probe.images:
+                images = {f"image_{i}": np.ascontiguousarray(img) for i, img in enumerate(probe.images)}
+                save_numpy(images, d / "probe_images.safetensors")
+        (d / "probe.json").write_text(json.dumps(meta))
+        tmp = self.state_dir / "newest.json.tmp"
+        tmp.write_text(json.dumps({"folder": d.name}))
+        os.replace(tmp, self.state_dir / "newest.json")  # atomic: a crash mid-write keeps the previous one
+        for old in self.state_dir.glob("v*"):
+            if old.name != d.name:
+                self._drop_dir(old)
+
+    def _saved(self) -> tuple[int, bytes, Probe | None] | None:
+        """(version, adapter bytes, probe) of the newest saved adapter, or None."""
+        pointer = self.state_dir / "newest.json"
+        if not pointer.exists():
+            return None
+        d = self.state_dir / json.loads(pointer.read_text())["folder"]
+        meta = json.loads((d / "probe.json").read_text())
+        probe = meta["probe"]
+        if probe is not None:
+            file = d / "probe_images.safetensors"
+            images = load_numpy(file) if file.exists() else {}
+            probe["images"] = [images[f"image_{i}"] for i in range(len(images))]
+        return meta["version"], pack(d), Probe.of(probe)
 
     def _drop_dir(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)

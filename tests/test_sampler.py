@@ -14,7 +14,7 @@ import torch
 from actors.hf_backend import HFBackend
 from actors.protocol import Completion, Request
 from actors.sampler import Sampler, VersionedSampler
-from learner.weight_sync import Probe, pack
+from learner.weight_sync import ADAPTER_FILES, Probe, pack
 from vlmq.config import LearnerConfig, ModelConfig, SamplerConfig
 
 PROMPT = [
@@ -85,7 +85,8 @@ def test_versions_resident_window_refusal_and_restart_state(tmp_path):
     assert s.stats.sync_failures == 1 and "differ by 77" in s.stats.last_sync_error
     assert s.generate(req)[0].version == 1
     assert s.load_adapter(2, str(a2), Probe(PROMPT, [], [5], [-22.0]))
-    assert s.load_adapter(3, pack(a3), _probe(32.0))
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    assert s.load_adapter(3, pack(a3), dict(_probe(32.0), images=[image]))
     # resident: base + the newest 2; in-flight episodes of v2 still get v2, v1's fall back to the newest
     assert s.stats.resident == [0, 2, 3] and sorted(backend.loaded) == [0, 2, 3]
     assert s.generate(req, version=2)[0].logprobs == [-22.0, -22.0]
@@ -99,6 +100,17 @@ def test_versions_resident_window_refusal_and_restart_state(tmp_path):
     # a restarted sampler (same state dir, fresh backend) reloads and re-verifies the newest version
     restarted = VersionedSampler(FakeBackend(), cfg, state_dir=tmp_path / "state")
     assert restarted.version == 3 and restarted.stats.restored_version == 3
+    # the state is plain files, no pickle: the peft folder and the probe, of the newest version only
+    files = sorted(
+        str(p.relative_to(tmp_path / "state")) for p in (tmp_path / "state").rglob("*") if p.is_file()
+    )
+    assert files == [
+        "newest.json",
+        *(f"v3/{f}" for f in ADAPTER_FILES),
+        "v3/probe.json",
+        "v3/probe_images.safetensors",
+    ]
+    np.testing.assert_array_equal(restarted._saved()[2].images[0], image)
     assert restarted.generate(req)[0].logprobs == [-32.0, -32.0]
 
 
@@ -243,7 +255,7 @@ def test_a_fresh_sampler_actor_ignores_an_old_runs_state(ray_local, tmp_path):
 
     cfg = SamplerConfig(backend="scripted")
     old = VersionedSampler(ScriptedBackend(), cfg, state_dir=tmp_path)
-    assert old.load_adapter(7, pack(_adapter(tmp_path, 3))) and (tmp_path / "newest_adapter.pkl").exists()
+    assert old.load_adapter(7, pack(_adapter(tmp_path, 3))) and (tmp_path / "newest.json").exists()
     # a new job's sampler starts at the base model; only a Ray restart of the same actor restores
     fresh = Sampler.remote(cfg, ModelConfig(path="/nonexistent"), str(tmp_path), 0, ScriptedBackend())
     assert ray.get(fresh.version.remote()) == 0 and not ray.get(fresh.stats.remote())["restarted"]
