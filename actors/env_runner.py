@@ -23,6 +23,7 @@ runner's own thread: datasets are collected that way (`actors/collect.py`), thro
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 import uuid
@@ -103,7 +104,7 @@ class Runner:
         self._stop = threading.Event()
         self._outbox: list[Turn] = []
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="replay-send")
-        self._sending: Future | None = None
+        self._sending: tuple[Future, int] | None = None  # the add in flight and its turn count
         self.totals = collections.Counter()
         self.recent: collections.deque = collections.deque(maxlen=100)  # (return, success, syntax acc, steps)
         self.last_version = None
@@ -169,7 +170,15 @@ class Runner:
         return {
             **{
                 k: self.totals[k]
-                for k in ("turns", "env_steps", "episodes", "crashes", "dropped_turns", "sent_turns")
+                for k in (
+                    "turns",
+                    "env_steps",
+                    "episodes",
+                    "crashes",
+                    "dropped_turns",
+                    "sent_turns",
+                    "acked_turns",
+                )
             },
             "sampler_retries": self.totals["sampler_retries"],
             "epsilon_actions": self.totals["epsilon_actions"],
@@ -182,6 +191,7 @@ class Runner:
             "wait_fraction": self.totals["wait_s"] / self._run_time if self._run_time else 0.0,
             "policy_version": self.last_version,
             "index": self.index,
+            "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
         }
 
@@ -375,15 +385,16 @@ class Runner:
             batch, self._outbox = self._outbox, []
             if self.replay is not None:
                 self._wait_sent()
-                self._sending = self._sender.submit(self.replay.add, batch)
+                self._sending = (self._sender.submit(self.replay.add, batch), len(batch))
             self.totals["sent_turns"] += len(batch)
         if force:
             self._wait_sent()
 
     def _wait_sent(self) -> None:
         if self._sending is not None:
-            fut, self._sending = self._sending, None
+            (fut, n), self._sending = self._sending, None
             fut.result()  # a replay error surfaces here, in the runner
+            self.totals["acked_turns"] += n  # durable in the replay (its add returns once on disk)
 
     def _tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:

@@ -37,9 +37,12 @@ def start_samplers(cfg: RunConfig, state_root: str | Path | None = None, backend
 
 def start_runners(cfg: RunConfig, samplers: list, replay: Any, num_cpus: float = 1) -> list:
     """`runner.num_runners` EnvRunner actors spread across nodes; each rotates its calls over the samplers."""
-    return [
-        EnvRunner.options(num_cpus=num_cpus, max_restarts=0, scheduling_strategy="SPREAD").remote(
-            cfg, samplers, replay, i
-        )
-        for i in range(cfg.runner.num_runners)
-    ]
+    return [start_runner(cfg, samplers, replay, i, num_cpus) for i in range(cfg.runner.num_runners)]
+
+
+def start_runner(cfg: RunConfig, samplers: list, replay: Any, index: int, num_cpus: float = 1):
+    """One EnvRunner. Ray does not restart it: its episodes in flight die with it, and the driver
+    starts a new one in its place (a new episode-id tag, on whichever node has room)."""
+    return EnvRunner.options(num_cpus=num_cpus, max_restarts=0, scheduling_strategy="SPREAD").remote(
+        cfg, samplers, replay, index
+    )

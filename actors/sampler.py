@@ -327,6 +327,7 @@ class Sampler:
         s["restarted"] = self.restarted
         s["uptime_s"] = time.time() - self.started
         s["node_id"] = ray.get_runtime_context().get_node_id()
+        s["pid"] = os.getpid()
         return s
 
     def ping(self) -> bool:

@@ -8,6 +8,9 @@
   both have returned (each add waits for the shard's reply, i.e. for its flush).
 - client_add_turns_per_s: the same through ReplayClient.add, i.e. including validation and
   conversion in the 2 writer processes (the Turn objects are built before the clock starts).
+- small_add_turns_per_s: as add_turns_per_s, in batches of `runner.send_every` (16) turns, what an
+  EnvRunner sends: below the flush bound, so each add first writes its write-ahead file (add
+  returns only once its turns are durable).
 - *_per_shard_cpu_s: the same turns divided by the CPU seconds the shard processes used, i.e. the
   rate of a shard with a core to itself; on a shared, oversubscribed machine (see
   setup.load_average_1min) wall-clock rates understate that.
@@ -47,7 +50,7 @@ from replay.datasets import DatasetWriter, info  # noqa: E402
 from replay.shard import shard_of  # noqa: E402
 from replay.store import open_root, read_folder  # noqa: E402
 from replay.turn import Turn, to_ipc, turns_to_table  # noqa: E402
-from vlmq.config import DataConfig, ReplayConfig, RunConfig  # noqa: E402
+from vlmq.config import DataConfig, ReplayConfig, RunConfig, RunnerConfig  # noqa: E402
 
 TEXT = "You are playing NumberLine. Move the current number to the target. " * 9
 
@@ -121,22 +124,26 @@ def shard_cpu(client) -> float:
 def throughput(shards: int, turns: int, root: str, offline_dir: str) -> dict:
     client = start_replay(ReplayConfig(num_shards=shards, online_capacity=200_000), f"{root}/s{shards}")
     client.load_offline(offline_dir)
-    size, writers = 1000, 2
-    client.add(batch("warm", size))
-    per_writer = max(1, turns // (writers * size))
+    big, writers = 1000, 2
+    client.add(batch("warm", big))
+    per_writer = max(1, turns // (writers * big))  # batches of `big` turns each writer sends
+    small = RunnerConfig().send_every  # what one EnvRunner sends at a time
     rates = {}
-    for key, pre in (("add_turns_per_s", True), ("client_add_turns_per_s", False)):
+    for key, pre, size in (
+        ("add_turns_per_s", True, big),
+        ("client_add_turns_per_s", False, big),
+        ("small_add_turns_per_s", True, small),
+    ):
         ws = [Writer.remote() for _ in range(writers)]
-        ray.get([w.prepare.remote(client, f"{key}{i}", per_writer, size, pre) for i, w in enumerate(ws)])
+        n = per_writer * big // size
+        ray.get([w.prepare.remote(client, f"{key}{i}", n, size, pre) for i, w in enumerate(ws)])
         cpu, t0 = shard_cpu(client), time.perf_counter()
         ray.get([w.run.remote() for w in ws])
-        rates[key] = round(writers * per_writer * size / (time.perf_counter() - t0))
+        rates[key] = round(writers * n * size / (time.perf_counter() - t0))
         for w in ws:
             ray.kill(w)
-        if pre:
-            rates["add_turns_per_shard_cpu_s"] = round(
-                writers * per_writer * size / (shard_cpu(client) - cpu)
-            )
+        if key == "add_turns_per_s":
+            rates["add_turns_per_shard_cpu_s"] = round(writers * n * size / (shard_cpu(client) - cpu))
     client.sample(256, 0.5)
     n, cpu, t0 = 0, shard_cpu(client), time.perf_counter()
     while time.perf_counter() - t0 < 5.0:
@@ -191,6 +198,7 @@ def main() -> None:
         "turns_added": args.turns,
         "writers": 2,
         "add_batch": 1000,
+        "small_add_batch": RunnerConfig().send_every,
         "sample_batch": 256,
         "sample_offline_fraction": 0.5,
         "flush_turns": ReplayConfig().flush_turns,

@@ -78,6 +78,9 @@ class Learner:
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
         self.rank, self.world_size = rank, world_size
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def free_address(self) -> str:
         """tcp://<this node>:<free port>, the rendezvous that rank 0 hosts."""
         import socket
@@ -228,10 +231,16 @@ class Learner:
         self.steps = meta["step"]
 
 
+class LearnerDied(RuntimeError):
+    """A learner worker died (its process, or its node). The group is lost: data parallel workers
+    wait on each other, so the driver restarts all of them from the latest checkpoint."""
+
+
 class LearnerGroup:
     """W `Learner` Ray actors in data parallel, the API the driver uses:
-    `step(turns)`, `publish(out_dir)`, `save(dir)`, `load(dir)`, `reference_logprobs(messages, images,
-    gen_ids)`."""
+    `step(turns)`, `adapter_bytes()`, `save(dir)`, `load(dir)`, `reference_logprobs(messages, images,
+    gen_ids)`. A call raises `LearnerDied` as soon as any worker is dead: with W > 1 the others would
+    wait in the all-reduce for it forever."""
 
     def __init__(
         self, model_cfg: ModelConfig, cfg: LearnerConfig, num_cpus: float = 1, num_gpus: float | None = None
@@ -245,38 +254,45 @@ class LearnerGroup:
         actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(Learner)
         self.workers = [actor.remote(model_cfg, cfg) for _ in range(W)]
         if W > 1:
-            init = ray.get(self.workers[0].free_address.remote())
-            ray.get([w.init_distributed.remote(r, W, init) for r, w in enumerate(self.workers)])
+            init = self._get([self.workers[0].free_address.remote()])[0]
+            self._get([w.init_distributed.remote(r, W, init) for r, w in enumerate(self.workers)])
 
-    def step(self, turns: list) -> dict[str, float]:
+    def _get(self, refs: list) -> list:
+        """ray.get that fails fast: the first dead worker raises LearnerDied, whatever the order."""
         import ray
 
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as err:
+            raise LearnerDied(f"a learner worker died: {err}") from err
+
+    def step(self, turns: list) -> dict[str, float]:
         W = len(self.workers)
         if len(turns) < W:
             raise ValueError(f"a batch of {len(turns)} turns cannot be split over {W} workers")
         shards = [turns[r::W] for r in range(W)]
-        return ray.get([w.step.remote(s) for w, s in zip(self.workers, shards)])[0]
+        return self._get([w.step.remote(s) for w, s in zip(self.workers, shards)])[0]
 
     def adapter_bytes(self) -> bytes:
         """The current policy's adapter, as bytes from worker 0 (no path crosses nodes)."""
-        import ray
-
-        return ray.get(self.workers[0].adapter_bytes.remote())
+        return self._get([self.workers[0].adapter_bytes.remote()])[0]
 
     def save(self, ckpt_dir: str | Path) -> None:
-        import ray
-
-        ray.get(self.workers[0].save.remote(str(ckpt_dir)))
+        self._get([self.workers[0].save.remote(str(ckpt_dir))])
 
     def load(self, ckpt_dir: str | Path) -> None:
-        import ray
-
-        ray.get([w.load.remote(str(ckpt_dir)) for w in self.workers])
+        self._get([w.load.remote(str(ckpt_dir)) for w in self.workers])
 
     def reference_logprobs(self, messages: list, images: list, gen_ids: list[int]) -> list[float]:
-        import ray
+        return self._get([self.workers[0].reference_logprobs.remote(messages, images, gen_ids)])[0]
 
-        return ray.get(self.workers[0].reference_logprobs.remote(messages, images, gen_ids))
+    def pids(self) -> list[int]:
+        """The workers' process ids (what an operator, or a chaos test, kills)."""
+        return self._get([w.pid.remote() for w in self.workers])
 
     def shutdown(self) -> None:
         import ray

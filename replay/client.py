@@ -65,6 +65,11 @@ class ReplayClient:
         url = absolute_url(dataset_dir)
         return sum(ray.get([s.load_offline.remote(url) for s in self.shards]))
 
+    def stored(self) -> dict[str, int]:
+        """Online turns and episodes ever stored, over all shards (acknowledged adds are durable)."""
+        per = ray.get([s.stored.remote() for s in self.shards])
+        return {"turns": sum(t for t, _ in per), "episodes": sum(e for _, e in per)}
+
     def flush(self) -> int:
         return sum(ray.get([s.flush.remote() for s in self.shards]))
 

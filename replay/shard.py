@@ -3,10 +3,18 @@
 Online turns are held as a list of Arrow tables (one per flushed segment, plus the unflushed
 tail), so `add` is a columnar append, O(batch). Every unflushed turn is written as one Parquet
 segment once `flush_turns` are waiting or the oldest has waited `flush_seconds` (a background
-thread checks the clock). A restarted shard (Ray `max_restarts`) rebuilds itself from its folder:
-the online tail within capacity, and the offline datasets listed in `offline.json`.
+thread checks the clock).
 
-Layout under `<root>/shard-<i>/`: `seg-<first seq>.parquet`, `images/<hh>/<hash>.png`, `offline.json`.
+Durability: `add` returns only once its turns are on disk. An add that fills the flush bound writes
+the segment itself; a smaller one appends its rows to a write-ahead file `wal-<first seq>.arrow`
+(and its new images to the image store) first, and the next segment write deletes those files. A
+restarted shard (Ray `max_restarts`) rebuilds itself from its folder: the segments' online tail
+within capacity, then the write-ahead rows no segment holds, then the offline datasets listed in
+`offline.json`. So no acknowledged turn is lost, and Ray's retry of an add that was in flight finds
+its turns held and stores none twice.
+
+Layout under `<root>/shard-<i>/`: `seg-<first seq>.parquet`, `wal-<first seq>.arrow`,
+`images/<hh>/<hash>.png`, `offline.json`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from replay.store import (
     open_root,
     read_folder,
     read_segments,
+    write_file,
     write_segment,
 )
 from replay.turn import (
@@ -47,6 +56,7 @@ from vlmq.config import ReplayConfig, validate_replay
 
 _MERGE_ROWS = 65536  # in-memory online chunks grow to about this many rows
 _MIN_SEQ = b"vlmq.min_seq"  # segment metadata: the oldest seq the shard held when it was written
+_EPISODES = b"vlmq.episodes"  # segment metadata: episodes ended in this shard up to its last row
 
 
 def shard_of(episode_id: str, num_shards: int) -> int:
@@ -65,6 +75,11 @@ def _take(tables: list[pa.Table], idx: np.ndarray) -> pa.Table:
 
 def _keys(table: pa.Table) -> list[tuple[str, int]]:
     return list(zip(table.column("episode_id").to_pylist(), table.column("turn_index").to_pylist()))
+
+
+def _episode_ends(table: pa.Table) -> int:
+    """Rows that end an episode (terminated or truncated): episodes, counted by their last turn."""
+    return int(pc.sum(pc.or_(table.column("terminated"), table.column("truncated"))).as_py() or 0)
 
 
 class Shard:
@@ -87,7 +102,8 @@ class Shard:
         self._keys: set[tuple[str, int]] = set()  # (episode_id, turn_index) held online: retries are no-ops
         self._refs: Counter[str] = Counter()  # image hash -> references from online rows
         self._on_disk: set[str] = set()  # hashes in this shard's image store
-        self._pending: dict[str, np.ndarray] = {}  # new images, written at the next flush
+        self._wal: list[str] = []  # write-ahead files of the unflushed rows, deleted once in a segment
+        self._episodes = 0  # episodes ever ended in this shard (with `_next_seq`: what it has stored)
         self._dead: set[str] = set()  # hashes whose references dropped to 0; deleted at the next flush
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # decoded images, LRU by bytes
         self._cache_bytes = 0
@@ -116,6 +132,7 @@ class Shard:
             if good:  # the newest segment knows what was still held when it was written
                 meta = good[-1][1].schema.metadata or {}
                 min_seq = int(meta.get(_MIN_SEQ, b"0"))
+                self._episodes = int(meta.get(_EPISODES, b"0"))
             for path, table in good:
                 table = table.replace_schema_metadata(None)
                 last = table.column("seq")[-1].as_py() if table.num_rows else -1
@@ -130,15 +147,33 @@ class Shard:
             for table in self._online:
                 self._keys.update(_keys(table))
                 self._refs.update(image_refs(table))
-            self._on_disk = set(self._refs)
             if self._online:  # one chunk: the segments' boundaries do not matter in memory
                 self._online = [pa.concat_tables(self._online).combine_chunks()]
-            self._evict()
+        self._restore_wal()
+        self._on_disk = set(self._refs)
+        self._evict()
+        self._flush()  # the write-ahead rows into a segment (a no-op without them)
         offline_file = f"{self.dir}/offline.json"
         if self.fs.exists(offline_file):
             with self.fs.open(offline_file, "r") as f:
                 for dataset in json.load(f):
                     self._load_dataset(dataset)
+
+    def _restore_wal(self) -> None:
+        """Acknowledged rows that no segment holds: the write-ahead files' rows from `_next_seq` on."""
+        try:
+            names = self.fs.ls(self.dir, detail=False)
+        except FileNotFoundError:
+            return
+        self._wal = sorted(
+            p for p in names if p.rsplit("/", 1)[-1].startswith("wal-") and p.endswith(".arrow")
+        )
+        for path in self._wal:
+            with self.fs.open(path, "rb") as f:
+                table = from_ipc(f.read())
+            table = table.filter(pc.greater_equal(table.column("seq"), self._next_seq))
+            if table.num_rows:
+                self._append(table)
 
     def _flush_loop(self) -> None:
         tick = min(self.cfg.flush_seconds / 4, 0.5)
@@ -154,19 +189,21 @@ class Shard:
         """Write the unflushed tail as one segment (images first, so a segment never references a
         missing image), then delete segments and images that the FIFO has dropped."""
         k = min(self._unflushed_chunks, len(self._online))
-        if k == 0:
+        if k == 0:  # everything unflushed was evicted: its write-ahead files hold nothing to keep
+            for wal in self._wal:
+                self.fs.rm(wal)
+            self._wal.clear()
             self._unflushed_chunks = 0
             return 0
         table = pa.concat_tables(self._online[-k:]).combine_chunks()
-        for h, img in self._pending.items():
-            if self._refs.get(h, 0) > 0:
-                self.images.put(h, encode_png(img))
-                self._on_disk.add(h)
-        self._pending.clear()
         first, last = table.column("seq")[0].as_py(), table.column("seq")[-1].as_py()
         min_seq = self._online[0].column("seq")[0].as_py()
         path = f"{self.dir}/seg-{first:012d}.parquet"
-        write_segment(self.fs, path, table.replace_schema_metadata({_MIN_SEQ: str(min_seq).encode()}))
+        meta = {_MIN_SEQ: str(min_seq).encode(), _EPISODES: str(self._episodes).encode()}
+        write_segment(self.fs, path, table.replace_schema_metadata(meta))
+        for wal in self._wal:  # their rows are in the segment now
+            self.fs.rm(wal)
+        self._wal.clear()
         self._online[-k:] = [table]
         self._unflushed_chunks = 0
         while (
@@ -225,31 +262,46 @@ class Shard:
                 keys = [k for k, ok in zip(keys, keep) if ok]
                 if table.num_rows == 0:
                     return 0
-            hashes = image_refs(table)
-            for h in set(hashes):
-                if not (h in images or h in self._pending or h in self._on_disk or h in self._offline_images):
+            new_images = {}
+            for h in set(image_refs(table)):
+                if h in self._on_disk:
+                    continue
+                if h not in images and h not in self._offline_images:
                     raise TurnError(
                         f"add(): image {h} is neither passed with the turns nor held by the replay"
                     )
+                if h in images:  # into this shard's store even if a dataset shows it: datasets can go
+                    new_images[h] = images[h]
             n = table.num_rows
             seq = pa.array(np.arange(self._next_seq, self._next_seq + n, dtype=np.int64))
             table = table.set_column(SCHEMA.get_field_index("seq"), "seq", seq)
-            self._next_seq += n
-            self._keys.update(keys)
-            for h in hashes:
-                if self._refs[h] == 0 and h not in self._on_disk and h not in self._pending and h in images:
-                    self._pending[h] = images[h]
-                self._refs[h] += 1
-            if self._unflushed_chunks == 0:
-                self._oldest_unflushed = time.monotonic()
-            self._online.append(table)
-            self._online_rows += n
-            self._unflushed_chunks += 1
+            for h, img in new_images.items():  # before any row that shows them is on disk
+                self.images.put(h, encode_png(img))
+                self._on_disk.add(h)
+            unflushed = sum(t.num_rows for t in self._online[len(self._online) - self._unflushed_chunks :])
+            if unflushed + n < self.cfg.flush_turns:  # no segment now: the write-ahead file makes it durable
+                wal = f"{self.dir}/wal-{self._next_seq:012d}.arrow"
+                write_file(self.fs, wal, to_ipc(table))
+                self._wal.append(wal)
+            self._append(table)
             self._counts["added"] += n
-            self._evict()
-            if sum(t.num_rows for t in self._online[-self._unflushed_chunks :]) >= self.cfg.flush_turns:
+            if unflushed + n >= self.cfg.flush_turns:
                 self._flush()
             return n
+
+    def _append(self, table: pa.Table) -> None:
+        """Rows with their seq set join the online tail, unflushed."""
+        n = table.num_rows
+        self._next_seq = table.column("seq")[-1].as_py() + 1
+        self._episodes += _episode_ends(table)
+        self._keys.update(_keys(table))
+        self._refs.update(image_refs(table))
+        if self._unflushed_chunks == 0:
+            self._oldest_unflushed = time.monotonic()
+        self._online.append(table)
+        self._online_rows += n
+        self._unflushed_chunks += 1
+        self._evict()
 
     def _evict(self) -> None:
         """FIFO: drop the oldest online rows beyond capacity. The offline partition is never touched."""
@@ -304,10 +356,9 @@ class Shard:
         if img is not None:
             self._cache.move_to_end(h)
             return img
-        img = self._pending.get(h)
-        if img is None:  # online images live in this shard's store, offline ones in their dataset's
-            store = None if h in self._on_disk else self._offline_images.get(h)
-            img = (store or self.images).get(h)
+        # online images live in this shard's store, offline ones in their dataset's
+        store = None if h in self._on_disk else self._offline_images.get(h)
+        img = (store or self.images).get(h)
         img = img.view()
         img.setflags(write=False)  # shared by every turn that shows it: nobody may draw on it
         self._cache[h] = img
@@ -315,6 +366,11 @@ class Shard:
         while self._cache_bytes > self.cfg.image_cache_mb * 2**20 and len(self._cache) > 1:
             self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
         return img
+
+    def stored(self) -> tuple[int, int]:
+        """(turns, episodes) this shard has ever stored online, evicted ones included; it survives a
+        restart (seq numbers and the segments' episode count), so a resumed job counts on from it."""
+        return self._next_seq, self._episodes
 
     def sizes(self) -> tuple[int, int]:
         """(offline, online) turns held; what the client needs to split a batch across shards."""
@@ -378,6 +434,7 @@ class Shard:
                 ),
                 "segments": len(self._segments),
                 "next_seq": self._next_seq,
+                "episodes": self._episodes,
                 "images_stored": len(self._on_disk),
                 "images_cached": len(self._cache),
                 "sample_age_turns": self._age_turns,

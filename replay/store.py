@@ -77,15 +77,21 @@ class ImageStore:
             pass
 
 
-def write_segment(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:
-    """Write atomically where the filesystem allows (temp file, then rename); returns bytes."""
-    sink = pa.BufferOutputStream()  # encode in C++, then one write (a Python file gets many small ones)
-    pq.write_table(table, sink, compression="zstd", write_statistics=False)
-    data = sink.getvalue()
+def write_file(fs: fsspec.AbstractFileSystem, path: str, data) -> None:
+    """Write atomically where the filesystem allows (temp file, then rename): a reader, or a
+    restarted shard, never sees half a file."""
     tmp = path + ".tmp"
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
+
+
+def write_segment(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:
+    """A table as one zstd Parquet file, written atomically; returns bytes."""
+    sink = pa.BufferOutputStream()  # encode in C++, then one write (a Python file gets many small ones)
+    pq.write_table(table, sink, compression="zstd", write_statistics=False)
+    data = sink.getvalue()
+    write_file(fs, path, data)
     return data.size
 
 

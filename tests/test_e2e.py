@@ -4,12 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,54 +17,14 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def head():
-    """A Ray head of its own (own temp dir and ports), killed by pid afterwards: never `ray stop`."""
-    tmp = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: Ray's unix sockets live under it
-    ports = {
-        k: _free_port() for k in ("gcs", "dash", "metrics", "agent", "agent_grpc", "client", "env_agent")
-    }
-    env = dict(
-        os.environ,
-        RAY_AUTH_MODE="disabled",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        PATH=f"{BIN}:{os.environ['PATH']}",
-    )
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['gcs']}", "--num-cpus=8",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dash']}",
-         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={tmp}", "--disable-usage-stats",
-         # every default port chosen afresh: another Ray on the machine must not break this one
-         f"--dashboard-agent-listen-port={ports['agent']}", f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
-         f"--ray-client-server-port={ports['client']}", f"--runtime-env-agent-port={ports['env_agent']}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{ports['dash']}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("the Ray head did not come up") from None
-            time.sleep(1)
-    env["RAY_ADDRESS"] = address
-    yield {"env": env, "address": address, "metrics": ports["metrics"]}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    """A Ray head of its own (own temp dir and ports), stopped by process group afterwards: never `ray stop`."""
+    from vlmq.local_cluster import start_head
+
+    node = start_head(num_cpus=8)
+    yield {"env": node.env, "address": node.address, "metrics": node.metrics_port}
+    node.stop()
 
 
 def _submit(head, job_id: str, out_dir: Path, model_dir: Path, *args: str, wait: bool = False):
@@ -214,6 +170,8 @@ def test_resume_continues_from_checkpoint(head, tiny_vlm_dir, tmp_path):
     after = _online_versions(tmp_path / "smoke" / "replay")
     for v, n in before.items():  # the turns flushed before the stop are all still there
         assert after.get(v, 0) >= n
+    # counted from what the replay stored, both job runs (none evicted), not from the checkpoint
+    assert results["env_steps"] == sum(after.values()) > sum(before.values())
 
 
 def test_two_node_cluster_places_runners_on_both(tiny_vlm_dir, tmp_path):

@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     METRICS: set(),
     "envs": {FLOOR},
     "vlmq.tiny_model": {FLOOR, "envs"},
+    "vlmq.local_cluster": set(),  # `ray start` processes for tests and benchmarks: Ray only
     "replay": {FLOOR},  # storage only: turns, shards, datasets; never an env
     "learner": {FLOOR, "replay"},
     "actors": {FLOOR, METRICS, "envs", "replay", "learner"},

@@ -118,6 +118,8 @@ class LearnerConfig:
     checkpoint_every: int = 200
     publish_every: int = 50  # a new LoRA version for the samplers every k updates
     max_updates_per_turn: float = 0.5  # phase 2: at most this many updates per collected turn
+    # a learner worker that dies: the group restarts from the latest checkpoint, this many times a job
+    max_restarts: int = 3
     bf16: bool = True  # autocast on GPU only
     seed: int = 0
 
@@ -145,6 +147,7 @@ class RunnerConfig:
     epsilon: float = 0.0  # probability of replacing the model's action by a random legal one
     send_every: int = 16  # turns buffered before they go to replay
     pipeline_groups: int = 2  # envs split in groups: some step while the others' actions generate
+    max_restarts: int = 100  # dead runners the driver replaces in one job before it fails (-1: forever)
 
 
 @dataclass
@@ -337,6 +340,7 @@ def validate_learner(cfg: LearnerConfig) -> None:
         gamma="in [0, 1)", td_lambda="in [0, 1]", expectile="in (0, 1)", tau="in [0, 1]", critic_coef=">= 0",
         reward_scale="> 0", sft_warmup_steps=">= 0", beta=">= 0", w_max="> 0", offline_steps=">= 0",
         online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
+        max_restarts=">= 0",
     )  # fmt: skip
     if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
         raise ConfigError(f"learner.reward_range: {cfg.reward_range} must be [min, max] with min < max")
@@ -359,7 +363,7 @@ def validate_sampler(cfg: SamplerConfig) -> None:
 def validate_runner(cfg: RunnerConfig) -> None:
     _ranges(
         cfg, "runner", num_runners=">= 1", envs_per_runner=">= 1", epsilon="in [0, 1]", send_every=">= 1",
-        pipeline_groups=">= 1",
+        pipeline_groups=">= 1", max_restarts=">= -1",
     )  # fmt: skip
 
 

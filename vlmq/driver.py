@@ -6,6 +6,11 @@
              of offline and online turns; a new version every `publish_every` updates; at most
              `max_updates_per_turn` updates per collected turn, so the learner cannot over-fit stale data.
 
+Faults: a dead env runner is replaced (its unacknowledged turns are dropped and counted); a dead
+learner worker restarts the learner group from the latest checkpoint (`learner.max_restarts` times);
+samplers and replay shards are restarted by Ray. Counts of turns and episodes come from the replay
+(`ReplayClient.stored`), so a resume or a replacement never miscounts them.
+
 Under `ray job submit` the driver joins the job's cluster (RAY_ADDRESS is set); run directly it starts a
 local Ray. Paths are made absolute before any actor sees them. docs/driver.md describes the checkpoint
 layout and resume rules.
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import ray
 
+from actors.placement import start_runner, start_runners, start_samplers
+from learner.trainer import LearnerDied, LearnerGroup
 from vlmq.config import RunConfig, save_config, validate
 from vlmq.evaluate import evaluate_policy, init_ray, latest_checkpoint
 from vlmq.monitor import Monitor, table
@@ -36,7 +43,8 @@ class DriverState:
 
     updates: int = 0  # learner updates, both phases
     version: int = 0  # newest LoRA version pushed and verified (0: the base model)
-    env_steps: int = 0  # online turns collected in earlier job runs
+    env_steps: int = 0  # online turns stored by the replay (all job runs)
+    episodes: int = 0  # online episodes stored by the replay (all job runs)
     online_s: float = 0.0  # collection wall time in earlier job runs
     evals: dict[str, float] = field(default_factory=dict)
     sync_s: list[float] = field(default_factory=list)
@@ -55,8 +63,6 @@ def _absolute(cfg: RunConfig) -> None:
 
 class Driver:
     def __init__(self, cfg: RunConfig, resume: bool):
-        from actors.placement import start_runners, start_samplers
-        from learner.trainer import LearnerGroup
         from replay.client import start_replay
 
         validate(cfg)  # before any folder or Ray: a hand-made config (train() from Python) too
@@ -98,6 +104,10 @@ class Driver:
         self.probe = self._make_probe()
         self.failed_pushes = 0
         self.pushed = not self.uses_lora
+        self.restarts = {"runner": 0, "learner": 0}
+        self.retired_turns = 0  # turns collected by runners that died, in this online phase
+        self.retired_acked = 0  # turns of runners that died that the replay had acknowledged
+        self.last_stats: dict[int, dict] = {}  # each runner's newest stats
 
     # ---- setup -----------------------------------------------------------------------------------
     def _ensure_model(self) -> None:
@@ -231,11 +241,95 @@ class Driver:
         return r.offline_fraction + (r.offline_fraction_final - r.offline_fraction) * online_update / steps
 
     # ---- the phases ------------------------------------------------------------------------------
+    # ---- faults --------------------------------------------------------------------------------
+    def restart_learner(self, err: LearnerDied) -> None:
+        """A new learner group from the latest checkpoint: the updates since it are redone (a
+        rollback, in the history's `faults`); the policy version only counts up."""
+        self.restarts["learner"] += 1
+        if self.restarts["learner"] > self.cfg.learner.max_restarts:
+            raise RuntimeError(
+                f"learner.max_restarts={self.cfg.learner.max_restarts} used up: {err}"
+            ) from err
+        self.learner.shutdown()
+        self.learner = LearnerGroup(self.cfg.model, self.cfg.learner)
+        ckpt = latest_checkpoint(self.ckpt_root)
+        back_to = 0
+        if ckpt is not None:
+            self.learner.load(ckpt / "learner")
+            back_to = json.loads((ckpt / "driver.json").read_text())["updates"]
+        log.warning(
+            "%s; learner restarted from %s: update %d -> %d (restart %d of %d)", str(err).splitlines()[0],
+            ckpt.name if ckpt else "scratch", self.state.updates, back_to, self.restarts["learner"],
+            self.cfg.learner.max_restarts,
+        )  # fmt: skip
+        self.monitor.count("learner_restarts", 1)
+        self.monitor.log("faults", back_to, {"fault": "learner", "from_update": self.state.updates})
+        self.state.updates = back_to
+
+    def replace_runner(self, i: int, err: Exception) -> None:
+        """A runner that died, or whose run raised, is killed and a new one takes its index; the
+        turns it had collected but the replay had not acknowledged are lost, and counted."""
+        self.restarts["runner"] += 1
+        limit = self.cfg.runner.max_restarts
+        if 0 <= limit < self.restarts["runner"]:
+            raise RuntimeError(f"runner.max_restarts={limit} used up: {err}") from err
+        last = self.last_stats.pop(i, {})
+        dropped = last.get("turns", 0) - last.get("acked_turns", 0)
+        self.retired_turns += last.get("turns", 0)
+        self.retired_acked += last.get("acked_turns", 0)
+        ray.kill(self.runners[i])
+        self.runners[i] = start_runner(self.cfg, self.samplers, self.replay, i)
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("runner %d failed (%s); replaced, %d unacknowledged turns dropped", i, why, dropped)
+        self.monitor.count("runner_restarts", 1)
+        self.monitor.count("dropped_turns", dropped)
+        self.monitor.log(
+            "faults", self.state.updates, {"fault": "runner", "runner": i, "dropped_turns": dropped}
+        )
+
+    def poll_runners(self, runs: list) -> list[dict]:
+        """Every runner's stats; a failed runner is replaced and its run started again."""
+        refs = [r.stats.remote() for r in self.runners]
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                done, _ = ray.wait([runs[i]], timeout=0)
+                ray.get(done)  # run(None) returns only on stop(): a finished run here has raised
+                self.last_stats[i] = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                self.replace_runner(i, err)
+                runs[i] = self.runners[i].run.remote(None)
+                self.last_stats[i] = ray.get(self.runners[i].stats.remote())
+            out.append(self.last_stats[i])
+        return out
+
+    def stop_runners(self, runs: list) -> list[dict]:
+        """Stop every run and return the runners' final stats (a runner that died is replaced)."""
+        for r in self.runners:
+            r.stop.remote()
+        out = []
+        for i, ref in enumerate(runs):
+            try:
+                self.last_stats[i] = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                self.replace_runner(i, err)
+                self.last_stats[i] = ray.get(self.runners[i].stats.remote())
+            out.append(self.last_stats[i])
+        return out
+
+    def count_stored(self) -> None:
+        stored = self.replay.stored()
+        self.state.env_steps, self.state.episodes = stored["turns"], stored["episodes"]
+
     def offline_phase(self) -> None:
         cfg = self.cfg.learner
         self.monitor.phase("offline", self.state.updates, self.state.env_steps)
         while self.state.updates < cfg.offline_steps:
-            m = self.update(1.0)
+            try:
+                m = self.update(1.0)
+            except LearnerDied as err:
+                self.restart_learner(err)
+                continue
             self.monitor.line(
                 self.state.updates, cfg.offline_steps, "updates",
                 f"actor {m['actor_loss']:.3f} critic {m['critic_loss']:.4f} accept {m['filter_rate']:.2f}",
@@ -249,36 +343,42 @@ class Driver:
         if not self.pushed:
             self.publish()  # a resumed job's samplers are new: push the current policy first
         runs = [r.run.remote(None) for r in self.runners]
-        base_steps, t0, last = self.state.env_steps, time.time(), {}
+        self.count_stored()  # what earlier job runs stored, whatever their checkpoints say
+        base_steps, t0, last, final = self.state.env_steps, time.time(), {}, []
+        self.retired_turns = 0
         self.monitor.phase("online", self.state.updates, self.state.env_steps)
         try:
             while self.state.updates < end:
-                stats = ray.get([r.stats.remote() for r in self.runners])
-                finished, _ = ray.wait(runs, num_returns=len(runs), timeout=0)
-                ray.get(finished)  # run(None) only returns on stop(): a runner that died raises here
-                turns = sum(s["turns"] for s in stats)
+                stats = self.poll_runners(runs)
+                turns = self.retired_turns + sum(s["turns"] for s in stats)  # this job run's
                 self.state.env_steps = base_steps + turns
-                allowed = cfg.max_updates_per_turn * turns
-                if self.state.updates - cfg.offline_steps >= allowed:
-                    time.sleep(0.2)  # waiting for turns: no need to poll the runners faster
-                else:
-                    last = self.update(self._offline_fraction(self.state.updates - cfg.offline_steps))
-                    if (self.state.updates - cfg.offline_steps) % cfg.publish_every == 0:
-                        self.publish()
+                try:
+                    if (
+                        self.state.updates - cfg.offline_steps
+                        >= cfg.max_updates_per_turn * self.state.env_steps
+                    ):
+                        time.sleep(0.2)  # waiting for turns: no need to poll the runners faster
+                    else:
+                        last = self.update(self._offline_fraction(self.state.updates - cfg.offline_steps))
+                        if (self.state.updates - cfg.offline_steps) % cfg.publish_every == 0:
+                            self.publish()
+                except LearnerDied as err:
+                    self.restart_learner(err)
+                    continue
                 elapsed = time.time() - t0
                 self._report(stats, turns, elapsed, last)
                 every = self.cfg.eval.every
                 if every and self.state.updates % every == 0 and last:
-                    ray.get([r.stop.remote() for r in self.runners] + runs)
+                    self.stop_runners(runs)
                     self.evaluate(f"update_{self.state.updates}")
                     runs = [r.run.remote(None) for r in self.runners]
         finally:
-            for r in self.runners:
-                r.stop.remote()
-            final = ray.get(runs)
-            self.state.env_steps = base_steps + sum(s["turns"] for s in final)
-            self.state.online_s += time.time() - t0
-            self.replay.flush()
+            try:
+                final = self.stop_runners(runs)
+            finally:  # whatever failed above, what the runners handed over is written
+                self.state.online_s += time.time() - t0
+                self.replay.flush()
+                self.count_stored()
         self._record_slow(final, time.time() - t0)  # the actors' last stats, also for a short run
 
     def _report(self, stats: list[dict], turns: int, elapsed: float, last: dict) -> None:
@@ -322,6 +422,11 @@ class Driver:
             "success_offline": s.evals.get("offline", float("nan")),
             "success_final": s.evals.get("final", float("nan")),
             "env_steps": s.env_steps,
+            "episodes": s.episodes,
+            "turns_acknowledged": self.retired_acked
+            + sum(st["acked_turns"] for st in self.last_stats.values()),
+            "runner_restarts": self.restarts["runner"],
+            "learner_restarts": self.restarts["learner"],
             "env_steps_per_s": s.env_steps / s.online_s if s.online_s else 0.0,
             "lora_versions": s.version,
             "sync_s_median": statistics.median(s.sync_s) if s.sync_s else float("nan"),

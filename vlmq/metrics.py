@@ -48,6 +48,9 @@ SPECS: dict[str, Spec] = {
     "policy_staleness": Spec("gauge", "learner updates since the version that generated the newest turns", DRIVER),
     "sync_latency_s": Spec("histogram", "learner hands over an adapter -> every sampler serves it, verified", DRIVER, (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)),
     "sync_failures": Spec("counter", "pushes refused by at least one sampler", DRIVER),
+    "runner_restarts": Spec("counter", "dead env runners replaced by the driver", DRIVER),
+    "dropped_turns": Spec("counter", "turns a dead runner had collected but the replay had not acknowledged", DRIVER),
+    "learner_restarts": Spec("counter", "learner groups restarted from the latest checkpoint (a worker died)", DRIVER),
     "eval_success": Spec("gauge", "greedy success on held-out seeds, by label (before, offline, final, ...)", DRIVER),
 }  # fmt: skip
 

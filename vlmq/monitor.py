@@ -35,7 +35,7 @@ class Monitor:
         for name in self.totals:
             self._tb(name, 0.0)
         self.history: dict[str, list[dict[str, Any]]] = {
-            "updates": [], "collection": [], "eval": [], "pushes": [], "phases": []
+            "updates": [], "collection": [], "eval": [], "pushes": [], "phases": [], "faults": []
         }  # fmt: skip
         self.t0 = time.time()
         self._last_line = 0.0
