@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -13,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Fails the session when a process it started (Ray workers, vLLM engines, CLI subprocesses) outlives it.
+pytest_plugins = ["leak_check"]
 
 # peft LoRA on the language model's attention projections only (the vision tower's SigLIP layers
 # also have q/k/v projections; a regex keeps them out). Matches Idefics3 and plain Llama names.
@@ -33,6 +37,20 @@ def tiny_text_dir(tmp_path_factory) -> Path:
     from vlmq.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-text"), arch="text", seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browsers_closed_after_each_module():
+    """MiniWoB envs keep their process's Chromiums and browsergym's global Playwright driver running
+    after `close()` (for speed), so a module that used one would leave them to the end of the
+    session; stopping the driver closes the browsers it launched."""
+    yield
+    core = sys.modules.get("browsergym.core")
+    if core is not None and core._PLAYWRIGHT is not None:
+        from envs.miniwob import _on_browser_thread
+
+        _on_browser_thread(core._PLAYWRIGHT.stop)  # its sync API is bound to the thread that started it
+        core._set_global_playwright(None)  # the next MiniWoB env starts a fresh one
 
 
 @pytest.fixture(scope="module")
