@@ -100,8 +100,10 @@ def one_fault(fault: str, head, worker, model: Path, root: Path) -> dict:
     before = alive(head.address)
     if fault == "node":
         head_id = next(a["node"] for a in before if a["cls"] == "JobSupervisor")  # the driver's node
-        dead_node = next(a["node"] for a in before if a["cls"] == "Runner" and a["node"] != head_id)
-        lived = sorted(a["cls"] for a in before if a["node"] == dead_node and a["cls"] in CLASSES.values())
+        lived = sorted(a["cls"] for a in before if a["node"] != head_id and a["cls"] in CLASSES.values())
+        if not lived:
+            raise RuntimeError(f"no vlmq actor was placed on the worker node: {before}")
+        dead_node = next(a["node"] for a in before if a["node"] != head_id and a["cls"] in CLASSES.values())
         os.kill(worker.raylet_pid(), signal.SIGKILL)
         gone = lambda a: a["node"] == dead_node  # noqa: E731
     else:
@@ -156,7 +158,7 @@ def main() -> None:
 
         model = build_tiny_model(root / "tiny-vlm", arch="idefics3", seed=0)
         for fault in args.faults:
-            head = start_head(num_cpus=8)
+            head = start_head(num_cpus=8, multi_node=fault == "node")
             worker = None
             try:
                 if fault == "node":

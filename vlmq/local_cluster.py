@@ -77,12 +77,13 @@ def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]
     return proc, ports["metrics"]
 
 
-def start_head(num_cpus: int = 8, timeout: float = 120) -> Node:
-    """A head with a dashboard (jobs, the state API) on free ports; returns once it answers."""
+def start_head(num_cpus: int = 8, multi_node: bool = False, timeout: float = 120) -> Node:
+    """A head with a dashboard (jobs, the state API) on free ports; returns once it answers.
+    `multi_node`: worker nodes may join (Ray then uses the machine's network address, not loopback)."""
     env = dict(
         os.environ,
         RAY_AUTH_MODE="disabled",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if multi_node else "0",
         RAY_USAGE_STATS_ENABLED="0",
         PATH=f"{BIN}:{os.environ['PATH']}",
     )
@@ -107,7 +108,8 @@ def start_head(num_cpus: int = 8, timeout: float = 120) -> Node:
 
 
 def start_worker(head: Node, num_cpus: int = 4, timeout: float = 120) -> Node:
-    """A worker node joined to `head`; returns once the cluster counts it alive."""
+    """A worker node joined to `head` (started with `multi_node`); returns once the cluster counts it
+    alive."""
     from ray.util.state import list_nodes
 
     def alive() -> int:
