@@ -173,7 +173,7 @@ class Shard:
                 table = from_ipc(f.read())
             table = table.filter(pc.greater_equal(table.column("seq"), self._next_seq))
             if table.num_rows:
-                self._append(table)
+                self._append(table, _keys(table), image_refs(table))
 
     def _flush_loop(self) -> None:
         tick = min(self.cfg.flush_seconds / 4, 0.5)
@@ -262,8 +262,8 @@ class Shard:
                 keys = [k for k, ok in zip(keys, keep) if ok]
                 if table.num_rows == 0:
                     return 0
-            new_images = {}
-            for h in set(image_refs(table)):
+            new_images, hashes = {}, image_refs(table)
+            for h in set(hashes):
                 if h in self._on_disk:
                     continue
                 if h not in images and h not in self._offline_images:
@@ -283,19 +283,19 @@ class Shard:
                 wal = f"{self.dir}/wal-{self._next_seq:012d}.arrow"
                 write_file(self.fs, wal, to_ipc(table))
                 self._wal.append(wal)
-            self._append(table)
+            self._append(table, keys, hashes)
             self._counts["added"] += n
             if unflushed + n >= self.cfg.flush_turns:
                 self._flush()
             return n
 
-    def _append(self, table: pa.Table) -> None:
-        """Rows with their seq set join the online tail, unflushed."""
+    def _append(self, table: pa.Table, keys: list[tuple[str, int]], hashes: list[str]) -> None:
+        """Rows with their seq set (with their keys and image references) join the online tail, unflushed."""
         n = table.num_rows
         self._next_seq = table.column("seq")[-1].as_py() + 1
         self._episodes += _episode_ends(table)
-        self._keys.update(_keys(table))
-        self._refs.update(image_refs(table))
+        self._keys.update(keys)
+        self._refs.update(hashes)
         if self._unflushed_chunks == 0:
             self._oldest_unflushed = time.monotonic()
         self._online.append(table)
