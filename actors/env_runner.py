@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,6 @@ class Runner:
         self._episodes = 0
         self._stop = threading.Event()
         self._outbox: list[Turn] = []
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="replay-send")
         self._sending: tuple[Future, int] | None = None  # the add in flight and its turn count
         self.totals = collections.Counter()
         self.recent: collections.deque = collections.deque(maxlen=100)  # (return, success, syntax acc, steps)
@@ -385,10 +384,24 @@ class Runner:
             batch, self._outbox = self._outbox, []
             if self.replay is not None:
                 self._wait_sent()
-                self._sending = (self._sender.submit(self.replay.add, batch), len(batch))
+                self._sending = (self._add_in_background(batch), len(batch))
             self.totals["sent_turns"] += len(batch)
         if force:
             self._wait_sent()
+
+    def _add_in_background(self, batch: list[Turn]) -> Future:
+        """replay.add on a daemon thread: a runner told to exit while the replay is slow or gone
+        exits (an executor's worker thread would hold the process until the add returned)."""
+        fut: Future = Future()
+
+        def add() -> None:
+            try:
+                fut.set_result(self.replay.add(batch))
+            except BaseException as err:  # surfaces in the runner, at _wait_sent
+                fut.set_exception(err)
+
+        threading.Thread(target=add, daemon=True, name="replay-send").start()
+        return fut
 
     def _wait_sent(self) -> None:
         if self._sending is not None:

@@ -231,6 +231,17 @@ class Learner:
         self.steps = meta["step"]
 
 
+PLACEMENT_TIMEOUT_S = 600  # an autoscaling cluster may take minutes to add the learner's GPU nodes
+
+
+def worker_gpus(cfg: LearnerConfig, cluster: dict[str, float]) -> float:
+    """GPUs per learner worker: `learner.num_gpus` when set (>= 0), else 1 when the cluster's
+    resources include a GPU and 0 when they do not, whatever torch says on the driver's node."""
+    if cfg.num_gpus >= 0:
+        return cfg.num_gpus
+    return 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+
+
 class LearnerDied(RuntimeError):
     """A learner worker died (its process, or its node). The group is lost: data parallel workers
     wait on each other, so the driver restarts all of them from the latest checkpoint."""
@@ -242,17 +253,30 @@ class LearnerGroup:
     gen_ids)`. A call raises `LearnerDied` as soon as any worker is dead: with W > 1 the others would
     wait in the all-reduce for it forever."""
 
-    def __init__(
-        self, model_cfg: ModelConfig, cfg: LearnerConfig, num_cpus: float = 1, num_gpus: float | None = None
-    ):
+    def __init__(self, model_cfg: ModelConfig, cfg: LearnerConfig, num_cpus: float = 1):
         import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         validate_learner(cfg)
         W = cfg.num_workers
-        if num_gpus is None:
-            num_gpus = 1 if torch.cuda.is_available() else 0
-        actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(Learner)
-        self.workers = [actor.remote(model_cfg, cfg) for _ in range(W)]
+        gpus = worker_gpus(cfg, ray.cluster_resources())
+        bundle = {"CPU": num_cpus, **({"GPU": gpus} if gpus else {})}
+        # one bundle per worker, packed onto as few nodes as fit: the all-reduce is fastest within a node
+        self.pg = placement_group([bundle] * W, strategy="PACK")
+        if not self.pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+            ray.util.remove_placement_group(self.pg)
+            raise RuntimeError(
+                f"the learner's {W} worker(s) need {bundle} each and the cluster could not place them in "
+                f"{PLACEMENT_TIMEOUT_S} s (it has {ray.cluster_resources()}); set learner.num_gpus / num_workers"
+            )
+        actor = ray.remote(num_cpus=num_cpus, num_gpus=gpus)(Learner)
+        self.workers = [
+            actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote(
+                model_cfg, cfg
+            )
+            for i in range(W)
+        ]
         if W > 1:
             init = self._get([self.workers[0].free_address.remote()])[0]
             self._get([w.init_distributed.remote(r, W, init) for r, w in enumerate(self.workers)])
@@ -300,3 +324,4 @@ class LearnerGroup:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        ray.util.remove_placement_group(self.pg)

@@ -120,6 +120,9 @@ class LearnerConfig:
     max_updates_per_turn: float = 0.5  # phase 2: at most this many updates per collected turn
     # a learner worker that dies: the group restarts from the latest checkpoint, this many times a job
     max_restarts: int = 3
+    # GPUs per learner worker: -1 one when the cluster advertises GPUs, none when it does not (the
+    # cluster decides, not the driver's node: a head is often CPU-only); >= 0 exactly that many
+    num_gpus: float = -1
     bf16: bool = True  # autocast on GPU only
     seed: int = 0
 
@@ -340,7 +343,7 @@ def validate_learner(cfg: LearnerConfig) -> None:
         gamma="in [0, 1)", td_lambda="in [0, 1]", expectile="in (0, 1)", tau="in [0, 1]", critic_coef=">= 0",
         reward_scale="> 0", sft_warmup_steps=">= 0", beta=">= 0", w_max="> 0", offline_steps=">= 0",
         online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
-        max_restarts=">= 0",
+        max_restarts=">= 0", num_gpus=">= -1",
     )  # fmt: skip
     if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
         raise ConfigError(f"learner.reward_range: {cfg.reward_range} must be [min, max] with min < max")
