@@ -241,3 +241,20 @@ def test_a_checkpoints_policy_is_the_version_its_samplers_served(smoke_run, tmp_
     base.mkdir(parents=True)
     (base / "driver.json").write_text(json.dumps({"version": 0}))
     assert checkpoint_adapter(tmp_path, 1) is None  # version 0: the base model, no adapter
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "field"), [("model.lora_r=4", "model.lora_r"), ("env.id=blackjack", "env.id")]
+)
+def test_a_resume_that_does_not_match_its_checkpoint_is_refused_by_field(
+    smoke_run, tiny_vlm_dir, override, field, capsys
+):
+    config = (smoke_run / "config.yaml").read_text()
+    argv = ["train", "--config", SMOKE, f"out_dir={smoke_run.parent}", f"model.path={tiny_vlm_dir}", override]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--resume"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert f"{field} is " in err and "checkpoint step_0000003 was trained with" in err, err
+    assert (smoke_run / "config.yaml").read_text() == config  # the run's record is untouched

@@ -30,7 +30,7 @@ import ray
 
 from actors.placement import start_runner, start_runners, start_samplers
 from learner.trainer import LearnerDied, LearnerGroup
-from vlmq.config import RunConfig, save_config, validate
+from vlmq.config import ConfigError, RunConfig, load_config, save_config, validate
 from vlmq.evaluate import evaluate_policy, init_ray, latest_checkpoint
 from vlmq.monitor import Monitor, table
 
@@ -49,6 +49,30 @@ class DriverState:
     evals: dict[str, float] = field(default_factory=dict)
     sync_s: list[float] = field(default_factory=list)
     version_updates: dict[str, int] = field(default_factory=dict)  # version -> update count when pushed
+
+
+# What a checkpoint's weights and data depend on: a resume with other values would load a LoRA of
+# another shape, critics of another count, or train on another env's turns.
+MUST_MATCH = (
+    "model.text_only", "model.lora_r", "model.lora_alpha", "model.lora_targets", "model.num_critics",
+    "env.id", "env.obs_mode",
+)  # fmt: skip
+
+
+def check_resumable(cfg: RunConfig, ckpt: Path) -> None:
+    """Refuse a resume whose config differs from the checkpoint's in a field of MUST_MATCH, by name."""
+    saved_file = ckpt / "config.yaml"
+    if not saved_file.exists():
+        return  # a checkpoint from before checkpoints kept their config
+    saved = load_config(saved_file)
+    for key in MUST_MATCH:
+        section, name = key.split(".")
+        old, new = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
+        if old != new:
+            raise ConfigError(
+                f"--resume: {key} is {new!r} but checkpoint {ckpt.name} was trained with {old!r}; "
+                f"resume with {key}={old!r}, or start a new run (another name= / out_dir=)"
+            )
 
 
 def _absolute(cfg: RunConfig) -> None:
@@ -78,6 +102,8 @@ class Driver:
                 f"{self.run_dir} already holds a run with checkpoints; pass --resume to continue it, "
                 "or choose another name= / out_dir="
             )
+        if ckpt is not None:
+            check_resumable(cfg, ckpt)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         init_ray()
@@ -212,6 +238,7 @@ class Driver:
         name = f"step_{self.state.updates:07d}"
         d = self.ckpt_root / name
         self.learner.save(d / "learner")
+        save_config(self.cfg, d / "config.yaml")  # what a resume must match (check_resumable)
         (d / "driver.json").write_text(json.dumps(self.state.__dict__, indent=1))
         tmp = self.ckpt_root / "latest.tmp"
         tmp.write_text(name)
