@@ -17,9 +17,15 @@ from actors.sampler import Sampler
 from vlmq.config import RunConfig
 
 
-def start_samplers(cfg: RunConfig, state_root: str | Path | None = None, backend: Any = None) -> list:
+def start_samplers(
+    cfg: RunConfig,
+    state_root: str | Path | None = None,
+    backend: Any = None,
+    model_files: tuple | None = None,
+) -> list:
     """`sampler.num_samplers` Sampler actors, restarted by Ray when they die; each keeps its newest
-    verified adapter under `state_root/sampler-<i>` (default: `<run dir>/samplers`) to reload it then."""
+    verified adapter under `state_root/sampler-<i>` (default: `<run dir>/samplers`) to reload it then.
+    `model_files` (learner.model_files.ship) serves nodes that cannot see `model.path`."""
     gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.sampler.backend != "scripted"
     root = Path(state_root) if state_root is not None else cfg.run_dir / "samplers"
     samplers = [
@@ -28,7 +34,10 @@ def start_samplers(cfg: RunConfig, state_root: str | Path | None = None, backend
             num_cpus=1,
             max_restarts=-1,
             scheduling_strategy="SPREAD",
-        ).remote(cfg.sampler, cfg.model, str(root.absolute() / f"sampler-{i}"), cfg.seed + i, backend)
+            resources=cfg.sampler.resources,
+        ).remote(
+            cfg.sampler, cfg.model, str(root.absolute() / f"sampler-{i}"), cfg.seed + i, backend, model_files
+        )
         for i in range(cfg.sampler.num_samplers)
     ]
     ray.get([s.ping.remote() for s in samplers])  # a failing constructor surfaces here
@@ -43,6 +52,6 @@ def start_runners(cfg: RunConfig, samplers: list, replay: Any, num_cpus: float =
 def start_runner(cfg: RunConfig, samplers: list, replay: Any, index: int, num_cpus: float = 1):
     """One EnvRunner. Ray does not restart it: its episodes in flight die with it, and the driver
     starts a new one in its place (a new episode-id tag, on whichever node has room)."""
-    return EnvRunner.options(num_cpus=num_cpus, max_restarts=0, scheduling_strategy="SPREAD").remote(
-        cfg, samplers, replay, index
-    )
+    return EnvRunner.options(
+        num_cpus=num_cpus, max_restarts=0, scheduling_strategy="SPREAD", resources=cfg.runner.resources
+    ).remote(cfg, samplers, replay, index)

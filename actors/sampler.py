@@ -33,6 +33,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 
 from actors.protocol import Completion, Request
+from learner.model_files import local_model
 from learner.weight_sync import Probe, pack, probe_error, unpack
 from vlmq.config import ModelConfig, SamplerConfig, validate_sampler
 from vlmq.metrics import SAMPLER, SPECS, Metrics
@@ -255,8 +256,11 @@ class Sampler:
         state_dir: str | None = None,
         seed: int = 0,
         backend: Any = None,
+        model_files: tuple | None = None,
     ):
         self.cfg = cfg
+        if backend is None:  # on a node that cannot see model.path: the driver's shipped copy
+            model = local_model(model, model_files)
         with warnings.catch_warnings():  # Ray warns about its own internals here
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed

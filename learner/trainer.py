@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from learner.batch import PromptCache, build_batch, encode_prompt
 from learner.losses import q_floor, values, vlmq_losses
 from learner.model import DualHeadModel
+from learner.model_files import local_model
 from learner.processing import load_processor
 from vlmq.config import LearnerConfig, ModelConfig, validate_learner
 
@@ -42,12 +43,9 @@ def lr_factor(cfg: LearnerConfig, step: int) -> float:
 class Learner:
     """Model, optimizer and update step on one device; rank r of `world_size` when data parallel."""
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        cfg: LearnerConfig,
-    ):
+    def __init__(self, model_cfg: ModelConfig, cfg: LearnerConfig, model_files: tuple | None = None):
         validate_learner(cfg)  # a config built by hand, not by load_config, is checked too
+        model_cfg = local_model(model_cfg, model_files)  # a node that cannot see model.path: the shipped copy
         self.model_cfg, self.cfg = model_cfg, cfg
         self.rank, self.world_size = 0, 1
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -253,7 +251,13 @@ class LearnerGroup:
     gen_ids)`. A call raises `LearnerDied` as soon as any worker is dead: with W > 1 the others would
     wait in the all-reduce for it forever."""
 
-    def __init__(self, model_cfg: ModelConfig, cfg: LearnerConfig, num_cpus: float = 1):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: LearnerConfig,
+        num_cpus: float = 1,
+        model_files: tuple | None = None,
+    ):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -261,7 +265,7 @@ class LearnerGroup:
         validate_learner(cfg)
         W = cfg.num_workers
         gpus = worker_gpus(cfg, ray.cluster_resources())
-        bundle = {"CPU": num_cpus, **({"GPU": gpus} if gpus else {})}
+        bundle = {"CPU": num_cpus, **({"GPU": gpus} if gpus else {}), **cfg.resources}
         # one bundle per worker, packed onto as few nodes as fit: the all-reduce is fastest within a node
         self.pg = placement_group([bundle] * W, strategy="PACK")
         if not self.pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
@@ -270,10 +274,10 @@ class LearnerGroup:
                 f"the learner's {W} worker(s) need {bundle} each and the cluster could not place them in "
                 f"{PLACEMENT_TIMEOUT_S} s (it has {ray.cluster_resources()}); set learner.num_gpus / num_workers"
             )
-        actor = ray.remote(num_cpus=num_cpus, num_gpus=gpus)(Learner)
+        actor = ray.remote(num_cpus=num_cpus, num_gpus=gpus, resources=cfg.resources)(Learner)
         self.workers = [
             actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote(
-                model_cfg, cfg
+                model_cfg, cfg, model_files
             )
             for i in range(W)
         ]

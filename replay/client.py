@@ -116,6 +116,7 @@ def start_replay(cfg: ReplayConfig, root: str | None = None) -> ReplayClient:
             max_restarts=cfg.max_restarts,
             max_task_retries=-1,
             num_cpus=cfg.num_cpus,
+            resources=cfg.resources,
         ).remote(url, cfg, i, cfg.num_shards)
         for i in range(cfg.num_shards)
     ]

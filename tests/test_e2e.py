@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -198,3 +199,55 @@ def test_two_node_cluster_places_runners_on_both(tiny_vlm_dir, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
+    """A worker node in its own mount namespace: the run directory and the model folder are empty
+    there. Runners and the sampler are pinned to it, the learner to the head; the replay and the
+    dataset are on storage both see. The sampler loads the model the driver shipped, verifies the
+    pushed LoRA versions, the turns reach the replay, and the job checkpoints and resumes."""
+    from learner.model_files import CACHE
+    from vlmq.local_cluster import start_head, start_worker
+
+    runs, shared = tmp_path / "runs", tmp_path / "shared"
+    runs.mkdir()
+    dataset = shared / "dataset"
+    collect = [
+        sys.executable,
+        "-m",
+        "vlmq",
+        "data",
+        "collect",
+        "--config",
+        "configs/smoke.yaml",
+        "--out",
+        str(dataset),
+    ]
+    subprocess.run(collect, cwd=REPO, check=True, capture_output=True, timeout=300)
+    shutil.rmtree(CACHE, ignore_errors=True)
+    head = start_head(num_cpus=6, multi_node=True, resources={"head_node": 4})
+    worker = None
+    try:
+        worker = start_worker(head, num_cpus=4, resources={"worker_node": 4}, private=(runs, tiny_vlm_dir))
+        cluster = {"env": head.env, "address": head.address}
+        pinned = [
+            "runner.resources={worker_node: 1}", "sampler.resources={worker_node: 1}",
+            "learner.resources={head_node: 1}", f"replay.root={shared / 'replay'}", f"data.path={dataset}",
+        ]  # fmt: skip
+        out = _submit(cluster, "vlmq-2node-1", runs, tiny_vlm_dir, *pinned, wait=True)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        results = json.loads((runs / "smoke" / "results.json").read_text())
+        pushes = json.loads((runs / "smoke" / "history.json").read_text())["pushes"]
+        assert results["lora_versions"] >= 2 and len(pushes) >= 2  # each verified by the worker's sampler
+        assert [p.name for p in CACHE.iterdir() if not p.name.startswith(".")]  # it loaded the shipped model
+        assert results["env_steps"] == sum(_online_versions(shared / "replay").values()) > 0
+        assert (runs / "smoke" / "checkpoints" / "latest").exists()
+        more = ["learner.online_steps=10", "--resume"]
+        out = _submit(cluster, "vlmq-2node-2", runs, tiny_vlm_dir, *pinned, *more, wait=True)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "resumed from step_" in _client(cluster).get_job_logs("vlmq-2node-2")
+        assert json.loads((runs / "smoke" / "results.json").read_text())["updates"] == 4 + 10
+    finally:
+        for node in (worker, head):
+            if node is not None:
+                node.stop()

@@ -70,6 +70,9 @@ class ReplayConfig:
     detached: bool = False  # True: shards outlive the driver (reconnect by root); False: die with the job
     num_cpus: float = 0.0  # CPUs a shard actor reserves; 0 lets shards share nodes with everything else
     seed: int = 0  # seeds batch draws: same data and seed, same batches (a resumed job restarts them)
+    # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
+    # advertise them (`ray start --resources='{"collector": 8}'`)
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,6 +126,9 @@ class LearnerConfig:
     # GPUs per learner worker: -1 one when the cluster advertises GPUs, none when it does not (the
     # cluster decides, not the driver's node: a head is often CPU-only); >= 0 exactly that many
     num_gpus: float = -1
+    # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
+    # advertise them (`ray start --resources='{"collector": 8}'`)
+    resources: dict[str, float] = field(default_factory=dict)
     bf16: bool = True  # autocast on GPU only
     seed: int = 0
 
@@ -141,6 +147,9 @@ class SamplerConfig:
     retries: int = 3  # sampler call retries before the runner gives up (raises)
     batch_wait_s: float = 0.002  # micro-batching: how long the sampler waits for more callers
     max_batch: int = 256  # micro-batching: requests per backend call at most
+    # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
+    # advertise them (`ray start --resources='{"collector": 8}'`)
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,6 +160,9 @@ class RunnerConfig:
     send_every: int = 16  # turns buffered before they go to replay
     pipeline_groups: int = 2  # envs split in groups: some step while the others' actions generate
     max_restarts: int = 100  # dead runners the driver replaces in one job before it fails (-1: forever)
+    # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
+    # advertise them (`ray start --resources='{"collector": 8}'`)
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -296,6 +308,19 @@ def _ranges(section: Any, name: str, **rules: str) -> None:
             raise ConfigError(f"{name}.{key}: {v!r} must be {rule}")
 
 
+def _resources(section: Any, name: str) -> None:
+    res = section.resources
+    if not isinstance(res, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+        for k, v in res.items()
+    ):
+        raise ConfigError(f"{name}.resources: {res!r} must map resource names to amounts >= 0")
+    if {"CPU", "GPU"} & set(res):
+        raise ConfigError(
+            f"{name}.resources: {res!r}: CPU and GPU are set by vlmq; name custom resources only"
+        )
+
+
 def parse_policy(spec: str, key: str = "policy") -> tuple[str, float]:
     """`random | expert | epsilon:<p> | malformed:<p>` -> (kind, p); `envs.policies.make_policy` builds it."""
     kind, _, arg = spec.partition(":")
@@ -334,6 +359,7 @@ def validate_replay(cfg: ReplayConfig) -> None:
         offline_fraction="in [0, 1]", offline_fraction_final="<= 1", image_cache_mb=">= 0",
         max_restarts=">= -1", num_cpus=">= 0",
     )  # fmt: skip
+    _resources(cfg, "replay")
 
 
 def validate_learner(cfg: LearnerConfig) -> None:
@@ -345,6 +371,7 @@ def validate_learner(cfg: LearnerConfig) -> None:
         online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
         max_restarts=">= 0", num_gpus=">= -1",
     )  # fmt: skip
+    _resources(cfg, "learner")
     if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
         raise ConfigError(f"learner.reward_range: {cfg.reward_range} must be [min, max] with min < max")
     if cfg.batch_size < cfg.num_workers:
@@ -360,6 +387,7 @@ def validate_sampler(cfg: SamplerConfig) -> None:
         probe_tolerance=">= 0", gpu_memory_utilization="in (0, 1]", timeout_s="> 0", retries=">= 0",
         batch_wait_s=">= 0", max_batch=">= 1",
     )  # fmt: skip
+    _resources(cfg, "sampler")
     parse_policy(cfg.policy, "sampler.policy")
 
 
@@ -368,6 +396,7 @@ def validate_runner(cfg: RunnerConfig) -> None:
         cfg, "runner", num_runners=">= 1", envs_per_runner=">= 1", epsilon="in [0, 1]", send_every=">= 1",
         pipeline_groups=">= 1", max_restarts=">= -1",
     )  # fmt: skip
+    _resources(cfg, "runner")
 
 
 def validate_data(cfg: DataConfig) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import ray
 
 from actors.placement import start_runner, start_runners, start_samplers
+from learner.model_files import ship
 from learner.trainer import LearnerDied, LearnerGroup
 from vlmq.config import ConfigError, RunConfig, load_config, save_config, validate
 from vlmq.evaluate import evaluate_policy, init_ray, latest_checkpoint
@@ -109,6 +110,7 @@ class Driver:
         init_ray()
         self.monitor = Monitor(self.run_dir, cfg.name)
         self._ensure_model()
+        self.model_files = ship(cfg.model.path)  # for nodes that cannot see model.path (or None: too big)
         if cfg.env.obs_mode == "both":
             log.info(
                 "obs_mode=both: every prompt has the image and the state in words (a random-initialised "
@@ -116,7 +118,7 @@ class Driver:
             )
         self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
         self._ensure_offline_data()
-        self.learner = LearnerGroup(cfg.model, cfg.learner)
+        self.learner = LearnerGroup(cfg.model, cfg.learner, model_files=self.model_files)
         self.state = DriverState()
         if ckpt is not None:
             self.learner.load(ckpt / "learner")
@@ -124,7 +126,7 @@ class Driver:
             log.info(
                 "resumed from %s: update %d, version %d", ckpt.name, self.state.updates, self.state.version
             )
-        self.samplers = start_samplers(cfg)
+        self.samplers = start_samplers(cfg, model_files=self.model_files)
         self.runners = start_runners(cfg, self.samplers, self.replay)
         self.uses_lora = cfg.sampler.backend != "scripted"
         self.probe = self._make_probe()
@@ -278,7 +280,7 @@ class Driver:
                 f"learner.max_restarts={self.cfg.learner.max_restarts} used up: {err}"
             ) from err
         self.learner.shutdown()
-        self.learner = LearnerGroup(self.cfg.model, self.cfg.learner)
+        self.learner = LearnerGroup(self.cfg.model, self.cfg.learner, model_files=self.model_files)
         ckpt = latest_checkpoint(self.ckpt_root)
         back_to = 0
         if ckpt is not None:

@@ -6,7 +6,9 @@ second raylet, so killing it is a lost node.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -61,7 +63,7 @@ class Node:
                 continue
 
 
-def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def _start(args: list[str], env: dict[str, str], private: tuple = ()) -> tuple[subprocess.Popen, int]:
     tmp = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: Ray's unix sockets live under it
     ports = {k: _free_port() for k in ("metrics", "agent", "agent_grpc", "env_agent")}
     cmd = [
@@ -71,13 +73,28 @@ def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]
         f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['env_agent']}",
         *args,
     ]  # fmt: skip
+    if (
+        private
+    ):  # a mount namespace of its own, a private empty tmpfs over each folder: those files are not there
+        mounts = " && ".join(f"mount -t tmpfs vlmq-private {shlex.quote(str(p))}" for p in private)
+        cmd = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"{mounts} && exec {shlex.join(cmd)}",
+        ]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     return proc, ports["metrics"]
 
 
-def start_head(num_cpus: int = 8, multi_node: bool = False, timeout: float = 120) -> Node:
+def start_head(
+    num_cpus: int = 8, multi_node: bool = False, resources: dict | None = None, timeout: float = 120
+) -> Node:
     """A head with a dashboard (jobs, the state API) on free ports; returns once it answers.
     `multi_node`: worker nodes may join (Ray then uses the machine's network address, not loopback)."""
     env = dict(
@@ -91,7 +108,7 @@ def start_head(num_cpus: int = 8, multi_node: bool = False, timeout: float = 120
     gcs, dash, client = _free_port(), _free_port(), _free_port()
     proc, metrics = _start(
         ["--head", f"--port={gcs}", f"--num-cpus={num_cpus}", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--resources={json.dumps(resources or {})}"],
         env,
     )  # fmt: skip
     node = Node(proc, dict(env, RAY_ADDRESS=f"http://127.0.0.1:{dash}"), f"127.0.0.1:{gcs}", metrics)
@@ -107,9 +124,12 @@ def start_head(num_cpus: int = 8, multi_node: bool = False, timeout: float = 120
             time.sleep(1)
 
 
-def start_worker(head: Node, num_cpus: int = 4, timeout: float = 120) -> Node:
+def start_worker(
+    head: Node, num_cpus: int = 4, resources: dict | None = None, private: tuple = (), timeout: float = 120
+) -> Node:
     """A worker node joined to `head` (started with `multi_node`); returns once the cluster counts it
-    alive."""
+    alive. `private` folders are hidden from it (needs root: `unshare --mount`), so it shares no
+    files there with the head, as a node of a real cluster would not."""
     from ray.util.state import list_nodes
 
     def alive() -> int:
@@ -117,7 +137,8 @@ def start_worker(head: Node, num_cpus: int = 4, timeout: float = 120) -> Node:
 
     before = alive()
     env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
-    proc, metrics = _start([f"--address={head.gcs}", f"--num-cpus={num_cpus}"], env)
+    args = [f"--address={head.gcs}", f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources or {})}"]
+    proc, metrics = _start(args, env, tuple(private))
     node = Node(proc, head.env, head.gcs, metrics)
     deadline = time.time() + timeout
     while alive() <= before:
