@@ -259,7 +259,7 @@ class Sampler:
         model_files: tuple | None = None,
     ):
         self.cfg = cfg
-        if backend is None:  # on a node that cannot see model.path: the driver's shipped copy
+        if backend is None and cfg.backend != "scripted":  # a node without model.path: the shipped copy
             model = local_model(model, model_files)
         with warnings.catch_warnings():  # Ray warns about its own internals here
             warnings.simplefilter("ignore")
