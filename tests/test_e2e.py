@@ -204,8 +204,9 @@ def test_two_node_cluster_places_runners_on_both(tiny_vlm_dir, tmp_path):
 def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
     """A worker node in its own mount namespace: the run directory and the model folder are empty
     there. Runners and the sampler are pinned to it, the learner to the head; the replay and the
-    dataset are on storage both see. The sampler loads the model the driver shipped, verifies the
-    pushed LoRA versions, the turns reach the replay, and the job checkpoints and resumes."""
+    dataset are on storage both see. A replay root on the private folder is refused at start. The
+    sampler loads the model the driver shipped, verifies the pushed LoRA versions, the turns reach
+    the replay, and the job checkpoints and resumes."""
     from learner.model_files import CACHE
     from vlmq.local_cluster import start_head, start_worker
 
@@ -234,6 +235,14 @@ def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
             "runner.resources={worker_node: 1}", "sampler.resources={worker_node: 1}",
             "learner.resources={head_node: 1}", f"replay.root={shared / 'replay'}", f"data.path={dataset}",
         ]  # fmt: skip
+        # a replay root the worker cannot see: refused at start, naming the node, before any collection
+        private_root = [p for p in pinned if not p.startswith("replay.root=")] + [
+            f"replay.root={runs / 'replay'}"
+        ]
+        out = _submit(cluster, "vlmq-2node-0", runs, tiny_vlm_dir, *private_root, wait=True)
+        logs = _client(cluster).get_job_logs("vlmq-2node-0")
+        assert out.returncode != 0 and f"{runs / 'replay'} is not reachable from node" in logs, logs[-2000:]
+        assert "[eval before]" not in logs
         out = _submit(cluster, "vlmq-2node-1", runs, tiny_vlm_dir, *pinned, wait=True)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         results = json.loads((runs / "smoke" / "results.json").read_text())
