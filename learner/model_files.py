@@ -1,8 +1,9 @@
 """The model folder on nodes that cannot see it.
 
 `model.path` is a folder on the driver's node. On a cluster whose nodes share no filesystem the
-learners and samplers elsewhere would not find it, so the driver packs a folder of at most
-`SHIP_LIMIT_BYTES` once into Ray's object store (`ship`), and every actor that loads the model calls
+learners and samplers elsewhere would not find it, so when some node at the job's start lacks it the
+driver packs a folder of at most `SHIP_LIMIT_BYTES` once into Ray's object store (`ship`); a node
+that joins later must see the path itself. Every actor that loads the model calls
 `local_model(cfg, shipped)`: the path itself where it exists, else the shipped copy unpacked once per
 node into a cache folder named by its content hash. A larger model must be on storage every node
 mounts at the same path; a node that lacks it then fails naming the node and the path.

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from learner.batch import PromptCache, build_batch, encode_prompt
 from learner.losses import q_floor, values, vlmq_losses
 from learner.model import DualHeadModel
 from learner.model_files import local_model
 from learner.processing import load_processor
+from replay.store import open_root
 from vlmq.config import LearnerConfig, ModelConfig, validate_learner
 
 
@@ -181,19 +182,22 @@ class Learner:
         named.update({f"targets.{n}": p for n, p in self.model.targets.named_parameters()})
         return {n: p.detach().cpu().clone() for n, p in named.items()}
 
-    def save(self, ckpt_dir: str | Path) -> None:
-        """Rank 0 writes; every rank holds the same state."""
+    def save(self, url: str | Path) -> None:
+        """Rank 0 writes (every rank holds the same state) to a folder or fsspec URL, from its own node."""
         if self.rank != 0:
             return
-        d = Path(ckpt_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_tensors(), d / "model.safetensors")
+        fs, d = open_root(str(url))
+        fs.makedirs(d, exist_ok=True)
         opt = self.optimizer.state_dict()
-        save_file(
-            {f"{i}.{k}": v.cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()},
-            d / "optimizer.safetensors",
-        )
-        save_file({"torch": torch.get_rng_state()}, d / "rng.safetensors")
+        files = {
+            "model.safetensors": self.state_tensors(),
+            "optimizer.safetensors": {
+                f"{i}.{k}": v.cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()
+            },
+            "rng.safetensors": {"torch": torch.get_rng_state()},
+        }
+        for name, tensors in files.items():
+            fs.pipe_file(f"{d}/{name}", save(tensors))
         meta = {
             "step": self.steps,
             "param_groups": opt["param_groups"],
@@ -201,31 +205,30 @@ class Learner:
             "learner": dataclasses.asdict(self.cfg),
             "model": dataclasses.asdict(self.model_cfg),
         }
-        tmp = d / "learner.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, d / "learner.json")  # written last: a folder with learner.json is complete
+        fs.pipe_file(f"{d}/learner.json.tmp", json.dumps(meta, indent=1).encode())
+        fs.mv(f"{d}/learner.json.tmp", f"{d}/learner.json")  # written last: a folder with it is complete
 
-    def load(self, ckpt_dir: str | Path) -> None:
-        d = Path(ckpt_dir)
-        if not (d / "learner.json").exists():
-            raise FileNotFoundError(f"{d}: not a learner checkpoint (no learner.json)")
-        meta = json.loads((d / "learner.json").read_text())
-        tensors = load_file(d / "model.safetensors")
+    def load(self, url: str | Path) -> None:
+        fs, d = open_root(str(url))
+        if not fs.exists(f"{d}/learner.json"):
+            raise FileNotFoundError(f"{url}: not a learner checkpoint (no learner.json)")
+        meta = json.loads(fs.cat_file(f"{d}/learner.json"))
+        tensors = load(fs.cat_file(f"{d}/model.safetensors"))
         own = dict(self.model.named_parameters())
         own.update({f"targets.{n}": p for n, p in self.model.targets.named_parameters()})
         missing = set(self.state_tensors()) - set(tensors)
         if missing:
-            raise ValueError(f"{d}: checkpoint lacks {sorted(missing)[:5]} (a different model config?)")
+            raise ValueError(f"{url}: checkpoint lacks {sorted(missing)[:5]} (a different model config?)")
         with torch.no_grad():
             for n, t in tensors.items():
                 own[n].copy_(t)
         state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, v in load_file(d / "optimizer.safetensors").items():
+        for key, v in load(fs.cat_file(f"{d}/optimizer.safetensors")).items():
             i, k = key.split(".", 1)
             state.setdefault(int(i), {})[k] = v.to(self.device)
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.scheduler.load_state_dict(meta["scheduler"])
-        torch.set_rng_state(load_file(d / "rng.safetensors")["torch"])
+        torch.set_rng_state(load(fs.cat_file(f"{d}/rng.safetensors"))["torch"])
         self.steps = meta["step"]
 
 
@@ -265,7 +268,8 @@ class LearnerGroup:
         validate_learner(cfg)
         W = cfg.num_workers
         gpus = worker_gpus(cfg, ray.cluster_resources())
-        bundle = {"CPU": num_cpus, **({"GPU": gpus} if gpus else {}), **cfg.resources}
+        # what each worker takes: any node that has it may hold a worker (and must see the checkpoints)
+        self.bundle = bundle = {"CPU": num_cpus, **({"GPU": gpus} if gpus else {}), **cfg.resources}
         # one bundle per worker, packed onto as few nodes as fit: the all-reduce is fastest within a node
         self.pg = placement_group([bundle] * W, strategy="PACK")
         if not self.pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
@@ -309,11 +313,11 @@ class LearnerGroup:
         """The current policy's adapter, as bytes from worker 0 (no path crosses nodes)."""
         return self._get([self.workers[0].adapter_bytes.remote()])[0]
 
-    def save(self, ckpt_dir: str | Path) -> None:
-        self._get([self.workers[0].save.remote(str(ckpt_dir))])
+    def save(self, url: str) -> None:
+        self._get([self.workers[0].save.remote(url)])
 
-    def load(self, ckpt_dir: str | Path) -> None:
-        self._get([w.load.remote(str(ckpt_dir)) for w in self.workers])
+    def load(self, url: str) -> None:
+        self._get([w.load.remote(url) for w in self.workers])
 
     def reference_logprobs(self, messages: list, images: list, gen_ids: list[int]) -> list[float]:
         return self._get([self.workers[0].reference_logprobs.remote(messages, images, gen_ids)])[0]

@@ -6,16 +6,16 @@ A ReplayClient holds only actor handles, so it pickles: pass it to EnvRunners an
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import numpy as np
 import pyarrow as pa
 import ray
 
 from replay.shard import ReplayShard, shard_of, split_offline
-from replay.store import absolute_url, open_root
+from replay.store import absolute_url
 from replay.turn import Turn, from_ipc, image_refs, rows_to_turns, to_ipc, turns_to_table
 from vlmq.config import ReplayConfig
+from vlmq.nodes import check_reachable
 
 
 class ReplayClient:
@@ -96,44 +96,6 @@ class ReplayClient:
             "policy_versions": versions,
             "shards": per,
         }
-
-
-@ray.remote(num_cpus=0)
-def _can_read(url: str) -> bool:
-    fs, path = open_root(url)
-    return fs.exists(path)
-
-
-def check_reachable(url: str, needs: dict[str, float], key: str) -> None:
-    """Fail before anything is stored unless every node that may run a shard (one with `needs`) sees
-    the storage root: the driver writes a marker there, and a task on each such node looks for it.
-    A local path that is not on shared storage fails here, naming the node, instead of each node
-    keeping turns of its own."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    fs, path = open_root(url)
-    marker = f"{path}/.vlmq-reachable-{uuid.uuid4().hex[:12]}"
-    fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(marker, b"")
-    try:
-        nodes = [
-            n for n in ray.nodes()
-            if n["Alive"] and all(n["Resources"].get(k, 0) >= v for k, v in needs.items() if v > 0)
-        ]  # fmt: skip
-        refs = [
-            _can_read.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(fs.unstrip_protocol(marker))
-            for n in nodes
-        ]
-        for n, ok in zip(nodes, ray.get(refs)):
-            if not ok:
-                raise FileNotFoundError(
-                    f"{key} {url} is not reachable from node {n['NodeManagerAddress']} ({n['NodeID'][:8]}): "
-                    "put it on storage every node mounts at the same path, or use an fsspec URL (s3://...)"
-                )
-    finally:
-        fs.rm(marker)
 
 
 def start_replay(cfg: ReplayConfig, root: str | None = None) -> ReplayClient:

@@ -91,7 +91,10 @@ BAD_PATHS = {
         "{missing}",
     ),
     "train dataset": (["train", "--config", SMOKE, "data.path={folder}"], "{folder}"),
-    "train resume": (["train", "--config", SMOKE, "--resume", "out_dir={folder}"], "{folder}/smoke"),
+    "train resume": (
+        ["train", "--config", SMOKE, "--resume", "out_dir={folder}"],
+        "{folder}/smoke/checkpoints",
+    ),
     "train existing run": (["train", "--config", SMOKE, "out_dir={runs}"], "{runs}/smoke"),
     "eval run": (["eval", "--run", "{missing}"], "{missing}"),
     "eval checkpoint": (["eval", "--run", "{run}", "--checkpoint", "7"], "{run}/checkpoints/step_0000007"),
@@ -230,17 +233,21 @@ def test_eval_of_an_adapter_on_another_env(smoke_run, capsys):
 
 @pytest.mark.slow
 def test_a_checkpoints_policy_is_the_version_its_samplers_served(smoke_run, tmp_path, capsys):
+    from vlmq.config import RunConfig, load_config
     from vlmq.evaluate import checkpoint_adapter
 
-    assert checkpoint_adapter(smoke_run) == smoke_run / "adapters" / "v2"  # the newest: update 3
-    assert checkpoint_adapter(smoke_run, 2) == smoke_run / "adapters" / "v1"
+    cfg = load_config(smoke_run / "config.yaml")
+    assert checkpoint_adapter(cfg) == smoke_run / "adapters" / "v2"  # the newest: update 3
+    assert checkpoint_adapter(cfg, 2) == smoke_run / "adapters" / "v1"
     with pytest.raises(SystemExit):
         main(["eval", "--run", str(smoke_run), "--checkpoint", "7"])
     assert "checkpoints there: ['step_0000002', 'step_0000003']" in capsys.readouterr().err
     base = tmp_path / "checkpoints" / "step_0000001"
     base.mkdir(parents=True)
     (base / "driver.json").write_text(json.dumps({"version": 0}))
-    assert checkpoint_adapter(tmp_path, 1) is None  # version 0: the base model, no adapter
+    assert (
+        checkpoint_adapter(RunConfig(out_dir=str(tmp_path.parent), name=tmp_path.name), 1) is None
+    )  # v0: base
 
 
 @pytest.mark.slow

@@ -203,10 +203,11 @@ def test_two_node_cluster_places_runners_on_both(tiny_vlm_dir, tmp_path):
 
 def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
     """A worker node in its own mount namespace: the run directory and the model folder are empty
-    there. Runners and the sampler are pinned to it, the learner to the head; the replay and the
-    dataset are on storage both see. A replay root on the private folder is refused at start. The
-    sampler loads the model the driver shipped, verifies the pushed LoRA versions, the turns reach
-    the replay, and the job checkpoints and resumes."""
+    there. Runners, the sampler and the learner are pinned to it, the driver runs on the head; the
+    replay, the dataset and the checkpoints are on storage both see. A replay root on the private
+    folder is refused at start. The worker's actors load the model the driver shipped, its sampler
+    verifies the pushed LoRA versions, the turns reach the replay, the learner writes its part of
+    each checkpoint from the worker and the driver its own, and the job resumes from them."""
     from learner.model_files import CACHE
     from vlmq.local_cluster import start_head, start_worker
 
@@ -233,7 +234,8 @@ def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
         cluster = {"env": head.env, "address": head.address}
         pinned = [
             "runner.resources={worker_node: 1}", "sampler.resources={worker_node: 1}",
-            "learner.resources={head_node: 1}", f"replay.root={shared / 'replay'}", f"data.path={dataset}",
+            "learner.resources={worker_node: 1}", f"replay.root={shared / 'replay'}", f"data.path={dataset}",
+            f"checkpoint_root={shared / 'checkpoints'}",
         ]  # fmt: skip
         # a replay root the worker cannot see: refused at start, naming the node, before any collection
         private_root = [p for p in pinned if not p.startswith("replay.root=")] + [
@@ -250,7 +252,9 @@ def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
         assert results["lora_versions"] >= 2 and len(pushes) >= 2  # each verified by the worker's sampler
         assert [p.name for p in CACHE.iterdir() if not p.name.startswith(".")]  # it loaded the shipped model
         assert results["env_steps"] == sum(_online_versions(shared / "replay").values()) > 0
-        assert (runs / "smoke" / "checkpoints" / "latest").exists()
+        assert (shared / "checkpoints" / "latest").exists() and not (runs / "smoke" / "checkpoints").exists()
+        latest = shared / "checkpoints" / (shared / "checkpoints" / "latest").read_text()
+        assert (latest / "learner" / "learner.json").exists() and (latest / "driver.json").exists()
         more = ["learner.online_steps=10", "--resume"]
         out = _submit(cluster, "vlmq-2node-2", runs, tiny_vlm_dir, *pinned, *more, wait=True)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -25,11 +25,24 @@ ALLOWED: dict[str, set[str]] = {
     "envs": {FLOOR},
     "vlmq.tiny_model": {FLOOR, "envs"},
     "vlmq.local_cluster": set(),  # `ray start` processes for tests and benchmarks: Ray only
-    "replay": {FLOOR},  # storage only: turns, shards, datasets; never an env
+    "vlmq.nodes": set(),  # which node sees which path: Ray and fsspec only
+    "replay": {FLOOR, "vlmq.nodes"},  # storage only: turns, shards, datasets; never an env
+    "vlmq.checkpoints": {"replay"},  # a run's checkpoints under one storage root (replay.store's URLs)
     "learner": {FLOOR, "replay"},
     "actors": {FLOOR, METRICS, "envs", "replay", "learner"},
     **{
-        roof: {FLOOR, METRICS, "vlmq.tiny_model", "envs", "replay", "learner", "actors", *ROOF}
+        roof: {
+            FLOOR,
+            METRICS,
+            "vlmq.tiny_model",
+            "vlmq.nodes",
+            "vlmq.checkpoints",
+            "envs",
+            "replay",
+            "learner",
+            "actors",
+            *ROOF,
+        }
         for roof in ROOF
     },
 }
@@ -94,7 +107,17 @@ def test_the_packages_import_only_downward():
 
 def test_the_contract_has_no_cycle():
     """Each unit's allowances below the roof reach only units strictly below it."""
-    order = [FLOOR, METRICS, "envs", "vlmq.tiny_model", "replay", "learner", "actors"]
+    order = [
+        FLOOR,
+        METRICS,
+        "vlmq.nodes",
+        "envs",
+        "vlmq.tiny_model",
+        "replay",
+        "vlmq.checkpoints",
+        "learner",
+        "actors",
+    ]
     for i, u in enumerate(order):
         assert ALLOWED[u] <= set(order[:i]), u
 

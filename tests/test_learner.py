@@ -137,7 +137,10 @@ def test_lr_factor_warms_up_then_decays_by_cosine_to_the_final_ratio():
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(model_cfg, turns, tmp_path):
+@pytest.mark.parametrize("storage", ["folder", "fsspec URL"])
+def test_resume_continues_exactly(model_cfg, turns, tmp_path, storage):
+    """A checkpoint written to a folder, or to any fsspec URL (here the in-memory store, as an object
+    store would be), resumes to the same bits."""
     batches = [turns[i * 8 : (i + 1) * 8] for i in range(4)]
     kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, lr_decay_steps=4, tau=0.2)
     straight = make_learner(model_cfg, **kw)
@@ -145,9 +148,10 @@ def test_resume_continues_exactly(model_cfg, turns, tmp_path):
     first = make_learner(model_cfg, **kw)
     for b in batches[:2]:
         first.step(b)
-    first.save(tmp_path / "ckpt")
+    where = str(tmp_path / "ckpt") if storage == "folder" else f"memory://{tmp_path.name}/ckpt"
+    first.save(where)
     resumed = make_learner(model_cfg, seed=123, **{k: v for k, v in kw.items() if k != "seed"})
-    resumed.load(tmp_path / "ckpt")
+    resumed.load(where)
     assert resumed.steps == 2
     got = [resumed.step(b) for b in batches[2:]]
     for a, b in zip(ref[2:], got):

@@ -93,15 +93,15 @@ def _train(args: argparse.Namespace) -> None:
         )
     if cfg.data.path:
         _need(
-            Path(cfg.data.path) / "meta.json",
+            cfg.data.path.rstrip("/") + "/meta.json",
             f"data.path {cfg.data.path} is not a dataset folder (no meta.json); collect one with "
             f"`vlmq data collect --out {cfg.data.path}`, or leave data.path empty to collect one in the run",
         )
     if args.resume:
         _need(
-            cfg.run_dir / "checkpoints" / "latest",
-            f"--resume: {cfg.run_dir} holds no checkpoint; drop --resume to start the run, or check name= "
-            "and out_dir=",
+            cfg.checkpoint_url.rstrip("/") + "/latest",
+            f"--resume: {cfg.checkpoint_url} holds no checkpoint; drop --resume to start the run, or check "
+            "name=, out_dir= and checkpoint_root=",
         )
     from vlmq.driver import train
 

@@ -184,6 +184,9 @@ class EvalConfig:
 class RunConfig:
     name: str = "numberline"
     out_dir: str = "runs"
+    # Where checkpoints go: a folder or any fsspec URL; empty: <out_dir>/<name>/checkpoints. The learner
+    # writes its part from its own node, so on nodes that share no filesystem this is shared storage.
+    checkpoint_root: str = ""
     seed: int = 0  # the tiny model's init when the driver builds it; data, replay and learner have their own
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -197,6 +200,10 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+    @property
+    def checkpoint_url(self) -> str:
+        return self.checkpoint_root or str(self.run_dir / "checkpoints")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -277,13 +284,16 @@ def parse_override(item: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the YAML file, then the overrides, each checked against the schema."""
+    return parse_config(Path(path).read_text() if path is not None else "", str(path), overrides)
+
+
+def parse_config(text: str, source: str = "<text>", overrides: list[str] | None = None) -> RunConfig:
+    """`load_config` of YAML text (a checkpoint's config.yaml read from any storage)."""
     cfg = RunConfig()
-    if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        _merge(cfg, data, "")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    _merge(cfg, data, "")
     for item in overrides or []:
         _merge(cfg, parse_override(item), "")
     validate(cfg)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -31,9 +30,11 @@ import ray
 from actors.placement import start_runner, start_runners, start_samplers
 from learner.model_files import ship
 from learner.trainer import LearnerDied, LearnerGroup
-from vlmq.config import ConfigError, RunConfig, load_config, save_config, validate
-from vlmq.evaluate import evaluate_policy, init_ray, latest_checkpoint
+from vlmq.checkpoints import Checkpoints, step_name
+from vlmq.config import ConfigError, RunConfig, dump_config, parse_config, save_config, validate
+from vlmq.evaluate import evaluate_policy, init_ray
 from vlmq.monitor import Monitor, table
+from vlmq.nodes import check_reachable, nodes_without
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +61,33 @@ MUST_MATCH = (
 )  # fmt: skip
 
 
-def check_resumable(cfg: RunConfig, ckpt: Path) -> None:
+def check_resumable(cfg: RunConfig, ckpts: Checkpoints, ckpt: str) -> None:
     """Refuse a resume whose config differs from the checkpoint's in a field of MUST_MATCH, by name."""
-    saved_file = ckpt / "config.yaml"
-    if not saved_file.exists():
+    text = ckpts.read_text(ckpt, "config.yaml")
+    if text is None:
         return  # a checkpoint from before checkpoints kept their config
-    saved = load_config(saved_file)
+    saved = parse_config(text, f"{ckpts.folder(ckpt)}/config.yaml")
     for key in MUST_MATCH:
         section, name = key.split(".")
         old, new = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
         if old != new:
             raise ConfigError(
-                f"--resume: {key} is {new!r} but checkpoint {ckpt.name} was trained with {old!r}; "
+                f"--resume: {key} is {new!r} but checkpoint {ckpt} was trained with {old!r}; "
                 f"resume with {key}={old!r}, or start a new run (another name= / out_dir=)"
             )
 
 
 def _absolute(cfg: RunConfig) -> None:
     """Actors may run in another working directory (a job's runtime env): give them absolute paths."""
-    cfg.out_dir = str(Path(cfg.out_dir).absolute())
-    cfg.model.path = str(Path(cfg.model.path).absolute()) if "://" not in cfg.model.path else cfg.model.path
-    if cfg.data.path:
-        cfg.data.path = str(Path(cfg.data.path).absolute())
-    if cfg.replay.root and "://" not in cfg.replay.root:
-        cfg.replay.root = str(Path(cfg.replay.root).absolute())
+
+    def absolute(p: str) -> str:
+        return p if not p or "://" in p else str(Path(p).absolute())  # an fsspec URL stays as it is
+
+    cfg.out_dir = absolute(cfg.out_dir)
+    cfg.model.path = absolute(cfg.model.path)
+    cfg.data.path = absolute(cfg.data.path)
+    cfg.replay.root = absolute(cfg.replay.root)
+    cfg.checkpoint_root = absolute(cfg.checkpoint_root)
 
 
 class Driver:
@@ -94,23 +98,25 @@ class Driver:
         _absolute(cfg)
         self.cfg = cfg
         self.run_dir = cfg.run_dir
-        self.ckpt_root = self.run_dir / "checkpoints"
-        ckpt = latest_checkpoint(self.ckpt_root)
+        self.ckpts = Checkpoints(cfg.checkpoint_url)
+        ckpt = self.ckpts.latest()
         if resume and ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_root}; nothing to resume")
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpts.url}; nothing to resume")
         if not resume and ckpt is not None:
             raise FileExistsError(
                 f"{self.run_dir} already holds a run with checkpoints; pass --resume to continue it, "
                 "or choose another name= / out_dir="
             )
         if ckpt is not None:
-            check_resumable(cfg, ckpt)
+            check_resumable(cfg, self.ckpts, ckpt)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         init_ray()
         self.monitor = Monitor(self.run_dir, cfg.name)
         self._ensure_model()
-        self.model_files = ship(cfg.model.path)  # for nodes that cannot see model.path (or None: too big)
+        self.model_files = None  # shipped only for nodes that cannot see model.path (None too: too big)
+        if "://" not in cfg.model.path and nodes_without(f"{cfg.model.path}/config.json"):
+            self.model_files = ship(cfg.model.path)
         if cfg.env.obs_mode == "both":
             log.info(
                 "obs_mode=both: every prompt has the image and the state in words (a random-initialised "
@@ -119,13 +125,12 @@ class Driver:
         self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
         self._ensure_offline_data()
         self.learner = LearnerGroup(cfg.model, cfg.learner, model_files=self.model_files)
+        check_reachable(self.ckpts.url, self.learner.bundle, "checkpoint_root")  # the learner writes there
         self.state = DriverState()
         if ckpt is not None:
-            self.learner.load(ckpt / "learner")
-            self.state = DriverState(**json.loads((ckpt / "driver.json").read_text()))
-            log.info(
-                "resumed from %s: update %d, version %d", ckpt.name, self.state.updates, self.state.version
-            )
+            self.learner.load(self.ckpts.folder(ckpt) + "/learner")
+            self.state = DriverState(**self.ckpts.driver_state(ckpt))
+            log.info("resumed from %s: update %d, version %d", ckpt, self.state.updates, self.state.version)
         self.samplers = start_samplers(cfg, model_files=self.model_files)
         self.runners = start_runners(cfg, self.samplers, self.replay)
         self.uses_lora = cfg.sampler.backend != "scripted"
@@ -151,24 +156,29 @@ class Driver:
 
     def _ensure_offline_data(self) -> None:
         from actors.collect import collect
+        from replay.store import open_root
 
         cfg = self.cfg
         if self.replay.stats()["offline"] > 0:  # a restarted job: the shards reloaded their datasets
             return
-        path = Path(cfg.data.path) if cfg.data.path else self.run_dir / "dataset"
-        if not (path / "meta.json").exists():
+        url = cfg.data.path or str(self.run_dir / "dataset")  # a folder or an fsspec URL
+        fs, path = open_root(url)
+        if not fs.exists(f"{path}/meta.json"):
             if cfg.data.path:
-                raise FileNotFoundError(f"data.path {path} is not a dataset folder (no meta.json)")
-            if path.exists():
-                shutil.rmtree(path)  # a collection that died half-way
+                raise FileNotFoundError(f"data.path {url} is not a dataset folder (no meta.json)")
+            if fs.exists(path):
+                fs.rm(path, recursive=True)  # a collection that died half-way
             t0 = time.time()
-            summary = collect(cfg, str(path), workers=2)
+            summary = collect(cfg, url, workers=2)
             log.info(
                 "collected %d %s episodes of %s in %.0fs: success %.3f", cfg.data.episodes, cfg.data.policy,
                 cfg.env.id, time.time() - t0, summary.get("success_rate", float("nan")),
             )  # fmt: skip
-        n = self.replay.load_offline(str(path))
-        log.info("offline partition: %d turns from %s", n, path)
+        check_reachable(
+            url, {"CPU": cfg.replay.num_cpus, **cfg.replay.resources}, "data.path (the offline dataset)"
+        )
+        n = self.replay.load_offline(url)
+        log.info("offline partition: %d turns from %s", n, url)
 
     def _make_probe(self) -> dict:
         """A fixed prompt and continuation that every pushed version is checked on."""
@@ -234,18 +244,16 @@ class Driver:
             self.checkpoint()
         return m
 
-    def checkpoint(self) -> Path:
-        """Learner state + driver state; the replay flushes so its files match the checkpoint."""
+    def checkpoint(self) -> str:
+        """Learner state (written by the learner, on its node) + driver state, under one storage root;
+        the replay flushes so its files match the checkpoint; `latest` moves last."""
         self.replay.flush()
-        name = f"step_{self.state.updates:07d}"
-        d = self.ckpt_root / name
-        self.learner.save(d / "learner")
-        save_config(self.cfg, d / "config.yaml")  # what a resume must match (check_resumable)
-        (d / "driver.json").write_text(json.dumps(self.state.__dict__, indent=1))
-        tmp = self.ckpt_root / "latest.tmp"
-        tmp.write_text(name)
-        tmp.replace(self.ckpt_root / "latest")  # atomic: a crash never leaves a half-written pointer
-        return d
+        name = step_name(self.state.updates)
+        self.learner.save(self.ckpts.folder(name) + "/learner")
+        self.ckpts.write_text(name, "config.yaml", dump_config(self.cfg))  # what a resume must match
+        self.ckpts.write_text(name, "driver.json", json.dumps(self.state.__dict__, indent=1))
+        self.ckpts.commit(name)
+        return name
 
     def evaluate(self, label: str) -> float:
         """Greedy on held-out seeds (eval.seed ...), split over the runners."""
@@ -281,14 +289,14 @@ class Driver:
             ) from err
         self.learner.shutdown()
         self.learner = LearnerGroup(self.cfg.model, self.cfg.learner, model_files=self.model_files)
-        ckpt = latest_checkpoint(self.ckpt_root)
+        ckpt = self.ckpts.latest()
         back_to = 0
         if ckpt is not None:
-            self.learner.load(ckpt / "learner")
-            back_to = json.loads((ckpt / "driver.json").read_text())["updates"]
+            self.learner.load(self.ckpts.folder(ckpt) + "/learner")
+            back_to = self.ckpts.driver_state(ckpt)["updates"]
         log.warning(
             "%s; learner restarted from %s: update %d -> %d (restart %d of %d)", str(err).splitlines()[0],
-            ckpt.name if ckpt else "scratch", self.state.updates, back_to, self.restarts["learner"],
+            ckpt or "scratch", self.state.updates, back_to, self.restarts["learner"],
             self.cfg.learner.max_restarts,
         )  # fmt: skip
         self.monitor.count("learner_restarts", 1)

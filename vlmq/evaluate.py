@@ -1,5 +1,5 @@
 """Greedy evaluation on held-out seeds: the driver's evaluations during a run, and `vlmq eval` after it
-(with the two pieces both need: joining Ray, finding a run's newest checkpoint).
+(and what both need: joining Ray).
 
 `vlmq eval` serves a run's policy as the run did: a checkpoint's policy is the LoRA version its samplers
 were serving (driver.json `version`; the adapter the run published under adapters/v<version>, 0 being
@@ -9,13 +9,14 @@ with the same policy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 import ray
+
+from vlmq.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ def init_ray() -> None:
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1))
 
 
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    latest = ckpt_root / "latest"
-    return ckpt_root / latest.read_text().strip() if latest.exists() else None
-
-
 def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
     """Greedy on seeds seed..seed+episodes-1 split over the runners; rates weighted by episodes."""
     m = len(runners)
@@ -51,15 +47,17 @@ def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
     return {**out, "episodes": total}
 
 
-def checkpoint_adapter(run_dir: Path, step: int | None = None) -> Path | None:
+def checkpoint_adapter(cfg: RunConfig, step: int | None = None) -> Path | None:
     """The adapter a run's samplers served at checkpoint `step` (None: the newest); None: the base model."""
-    ckpts = run_dir / "checkpoints"
-    ckpt = latest_checkpoint(ckpts) if step is None else ckpts / f"step_{step:07d}"
-    if ckpt is None or not (ckpt / "driver.json").exists():
-        have = sorted(p.name for p in ckpts.glob("step_*"))
-        raise FileNotFoundError(f"no checkpoint {ckpt or ckpts}; checkpoints there: {have or 'none'}")
-    version = json.loads((ckpt / "driver.json").read_text())["version"]
-    return run_dir / "adapters" / f"v{version}" if version else None
+    from vlmq.checkpoints import Checkpoints, step_name
+
+    ckpts = Checkpoints(cfg.checkpoint_url)
+    name = ckpts.latest() if step is None else step_name(step)
+    if name is None or ckpts.read_text(name, "driver.json") is None:
+        where = ckpts.folder(name) if name else f"in {ckpts.url}"
+        raise FileNotFoundError(f"no checkpoint {where}; checkpoints there: {ckpts.names() or 'none'}")
+    version = ckpts.driver_state(name)["version"]
+    return cfg.run_dir / "adapters" / f"v{version}" if version else None
 
 
 def evaluate_run(
@@ -73,10 +71,14 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", list(overrides))
+    cfg.out_dir, cfg.name = (
+        str(run_dir.absolute().parent),
+        run_dir.absolute().name,
+    )  # the folder may have moved
     if cfg.sampler.backend == "scripted":
         adapter, policy = None, f"scripted {cfg.sampler.policy}"
     else:
-        adapter = adapter or checkpoint_adapter(run_dir, checkpoint)
+        adapter = adapter or checkpoint_adapter(cfg, checkpoint)
         policy = str(adapter or "base model")
     log.info("evaluating %s on %s, %d episodes", policy, cfg.env.id, cfg.eval.episodes)
     init_ray()
