@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from numberline_offline import BASE_LEARNER, BASE_MODEL, OBS_MODE, answer_heads, collect, train  # noqa: E402
+from numberline_offline import (  # noqa: E402
+    BASE_LEARNER,
+    BASE_MODEL,
+    OBS_MODE,
+    answer_heads,
+    collect,
+    parse_sets,
+    train,
+)
 
 from envs import make_env  # noqa: E402
 from envs.base import format_action  # noqa: E402
@@ -146,7 +154,7 @@ VALUES = {"A": 1, "J": 10, "Q": 10, "K": 10}
 
 
 def text_key(env_id: str, messages: list) -> tuple:
-    """The exact-value key of a prompt, read back from the state in words (obs_mode both)."""
+    """The exact-value key of a prompt, read back from the state in words (obs_mode both or text)."""
     text = messages[0]["content"][-1]["text"]
     if env_id == "numberline":
         goal, pos = re.search(r"Target: (\d)\. Current: (\d)\.", text).groups()
@@ -196,9 +204,9 @@ def ezpoints_hidden_share(episodes: int, seed: int) -> dict:
     return {"turns": turns, "hidden_rejections_share": round(hidden / turns, 4)}
 
 
-def probe_states(env_id: str, episodes: int, seed: int) -> list[tuple[tuple, tuple]]:
+def probe_states(env_id: str, episodes: int, seed: int, obs_mode: str) -> list[tuple[tuple, tuple]]:
     """(key, (messages, images)) of each distinct state the random policy visits on held-out episodes."""
-    env, rng, states = make_env(env_id, obs_mode=OBS_MODE), np.random.default_rng(seed), {}
+    env, rng, states = make_env(env_id, obs_mode=obs_mode), np.random.default_rng(seed), {}
     key_of = ENVS[env_id][1]
     for e in range(seed, seed + episodes):
         obs, _ = env.reset(seed=e)
@@ -268,15 +276,15 @@ def score(values: list[dict], exact: dict, optimal: dict) -> dict:
 
 
 def run_one(job: tuple) -> dict:
-    env_id, method, seed, model_cfg, turns, steps, probe_episodes, threads = job
+    env_id, method, seed, model_cfg, learner_kw, turns, steps, probe_episodes, obs_mode, threads = job
     torch.set_num_threads(threads)
     t0 = time.time()
-    cfg = LearnerConfig(seed=seed, **{**BASE_LEARNER, "lr_decay_steps": steps})  # the cosine spans the run
+    cfg = LearnerConfig(seed=seed, **{**learner_kw, "lr_decay_steps": steps})  # the cosine spans the run
     if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
         cfg.filter = "none"
     learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
     solve = ENVS[env_id][0]
-    values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed))
+    values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed, obs_mode))
     out = score(values, solve(cfg.gamma), solve(cfg.gamma, optimal=True))
     out.update(
         seed=seed,
@@ -299,37 +307,45 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "critic_exact.json"))
     ap.add_argument("--ceiling", action="store_true", help="only the data ceiling (no training)")
+    ap.add_argument("--set", nargs="*", default=[], help="LearnerConfig overrides (ablations), e.g. tau=0.02")
+    ap.add_argument(
+        "--obs-mode", default=OBS_MODE, help="both (default) | text: no frames, so far more episodes fit"
+    )
     args = ap.parse_args()
+    learner_kw = {**BASE_LEARNER, **parse_sets(args.set, LearnerConfig)}
     if args.ceiling:
         out = {}
         for env_id in args.envs:
             if env_id == "ezpoints":
                 out[env_id] = ezpoints_hidden_share(args.episodes, seed=0)
                 continue
-            turns, _ = collect(args.episodes, seed=0, env_id=env_id)
+            turns, _ = collect(args.episodes, seed=0, env_id=env_id, obs_mode=args.obs_mode)
             out[env_id] = data_ceiling(env_id, turns, ENVS[env_id][0](GAMMA), GAMMA)
         name = "critic_exact_data_ceiling" + (
             "" if args.envs == ["numberline", "blackjack"] else "_" + "_".join(args.envs)
         )
+        name += "" if args.episodes == 2000 else f"_{args.episodes // 1000}k"
+        name += "" if args.obs_mode == OBS_MODE else f"_{args.obs_mode}"
         path = Path(args.out).with_name(name + ".json")
-        path.write_text(json.dumps({"gamma": GAMMA, "episodes": args.episodes, "envs": out}, indent=1))
+        record = {"gamma": GAMMA, "episodes": args.episodes, "obs_mode": args.obs_mode, "envs": out}
+        path.write_text(json.dumps(record, indent=1))
         print(json.dumps(out, indent=1))
         return
-    if BASE_LEARNER["gamma"] != GAMMA:
-        raise SystemExit(f"critic_exact checks gamma {GAMMA}; BASE_LEARNER has {BASE_LEARNER['gamma']}")
+    if learner_kw["gamma"] != GAMMA:
+        raise SystemExit(
+            f"critic_exact checks gamma {GAMMA}; the learner settings have {learner_kw['gamma']}"
+        )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         model_cfg = ModelConfig(path=str(build_tiny_model(Path(tmp) / "tiny-vlm", seed=0)), **BASE_MODEL)
         runs = []
         for env_id in args.envs:
-            turns, _ = collect(args.episodes, seed=0, env_id=env_id)
+            turns, _ = collect(args.episodes, seed=0, env_id=env_id, obs_mode=args.obs_mode)
             print(f"{env_id}: {args.episodes} random episodes, {len(turns)} turns", flush=True)
-            jobs = [
-                (env_id, m, s, model_cfg, turns, args.steps, args.probe_episodes, 3 - min(args.jobs, 2))
-                for m in args.methods
-                for s in args.seeds
-            ]
+            threads = 3 - min(args.jobs, 2)
+            common = (model_cfg, learner_kw, turns, args.steps, args.probe_episodes, args.obs_mode, threads)
+            jobs = [(env_id, m, s, *common) for m in args.methods for s in args.seeds]
             if args.jobs == 1:
                 runs += [run_one(j) for j in jobs]
             else:
@@ -349,9 +365,9 @@ def main() -> None:
             kept = [r for r in entry[key] if r["seed"] not in {r["seed"] for r in new}]
             entry[key] = sorted(kept + new, key=lambda r: r["seed"])  # runs replace their (method, seed)
         entry["config"] = {
-            "learner": {**BASE_LEARNER, "lr_decay_steps": "updates"},
+            "learner": {**learner_kw, "lr_decay_steps": "updates"},
             "model": BASE_MODEL,
-            "obs_mode": OBS_MODE,
+            "obs_mode": args.obs_mode,
         }
     for r in runs:
         del r["env"], r["method"]

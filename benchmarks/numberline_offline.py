@@ -67,11 +67,13 @@ BASE_MODEL: dict = dict(
 )
 
 
-def collect(episodes: int, seed: int, env_id: str = "numberline") -> tuple[list[Turn], float]:
+def collect(
+    episodes: int, seed: int, env_id: str = "numberline", obs_mode: str = OBS_MODE
+) -> tuple[list[Turn], float]:
     """Scripted-policy episodes as replay Turns, through the env runner (text actions; the learner
     tokenizes them + EOS). BENCH_POLICY picks the policy (default random)."""
     cfg = RunConfig(
-        env=EnvConfig(id=env_id, obs_mode=OBS_MODE),
+        env=EnvConfig(id=env_id, obs_mode=obs_mode),
         data=DataConfig(policy=os.environ.get("BENCH_POLICY", "random")),
     )
     turns, _ = play(cfg, range(seed, seed + episodes), seed)
