@@ -289,6 +289,7 @@ def run_one(job: tuple) -> dict:
     out.update(
         seed=seed,
         episodes=len({t.episode_id for t in turns}),
+        obs_mode=obs_mode,
         updates=steps,
         wall_s=round(time.time() - t0, 1),
     )
