@@ -234,8 +234,8 @@ def test_two_nodes_that_share_no_files(tiny_vlm_dir, tmp_path):
         cluster = {"env": head.env, "address": head.address}
         pinned = [
             "runner.resources={worker_node: 1}", "sampler.resources={worker_node: 1}",
-            "learner.resources={worker_node: 1}", f"replay.root={shared / 'replay'}", f"data.path={dataset}",
-            f"checkpoint_root={shared / 'checkpoints'}",
+            "learner.resources={worker_node: 1}", f"replay.root={shared / 'replay'}",
+            f"data.path=file://{dataset}", f"checkpoint_root=file://{shared / 'checkpoints'}",  # fsspec URLs
         ]  # fmt: skip
         # a replay root the worker cannot see: refused at start, naming the node, before any collection
         private_root = [p for p in pinned if not p.startswith("replay.root=")] + [
