@@ -54,6 +54,7 @@ class SamplerStats:
     last_sync_s: float = 0.0
     last_probe_err: float = 0.0
     restored_version: int = 0  # version reloaded from state_dir at start (a Ray restart)
+    startup_s: float = 0.0  # building the backend: vLLM's engine cold start, or loading the hf model
 
 
 class VersionedSampler:
@@ -225,7 +226,13 @@ def make_backend(cfg: SamplerConfig, model: ModelConfig, seed: int = 0) -> Any:
 
         return HFBackend(model.path, text_only=model.text_only, dtype=model.dtype, seed=seed)
     if cfg.backend == "vllm":
-        from actors.vllm_backend import VLLMBackend
+        try:
+            from actors.vllm_backend import VLLMBackend
+        except ImportError as e:
+            raise ImportError(
+                f"sampler.backend vllm needs vLLM, which does not import here ({e}); install the project "
+                "with its cpu or gpu extra (`make setup` does), or set sampler.backend=hf"
+            ) from e
 
         return VLLMBackend(
             model.path,
@@ -264,9 +271,11 @@ class Sampler:
         with warnings.catch_warnings():  # Ray warns about its own internals here
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        self.core = VersionedSampler(
-            backend or make_backend(cfg, model, seed), cfg, state_dir, self.restarted
-        )
+        t0 = time.perf_counter()
+        backend = backend or make_backend(cfg, model, seed)
+        startup_s = time.perf_counter() - t0
+        self.core = VersionedSampler(backend, cfg, state_dir, self.restarted)
+        self.core.stats.startup_s = startup_s
         self.started = time.time()
         self._queue: queue.Queue = queue.Queue()
         names = [n for n, s in SPECS.items() if s.tags == SAMPLER]

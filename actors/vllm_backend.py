@@ -19,13 +19,18 @@ from learner.processing import chat_text, load_processor, suppressed_ids, to_pil
 
 def _cpu_defaults() -> None:
     """vLLM-CPU settings unless the environment already chose: a 1 GiB KV cache (plenty for the tiny
-    model; raise VLLM_CPU_KVCACHE_SPACE for real ones) and OpenMP threads on the cores this process
-    may use (a Ray actor's share). VLLM_CPU_OMP_THREADS_BIND=nobind leaves placement to the OS."""
+    model; raise VLLM_CPU_KVCACHE_SPACE for real ones) and one OpenMP thread per CPU of this actor's
+    share (Ray sets OMP_NUM_THREADS to it), bound to the last cores this process may use. Bound to
+    every core, vLLM's spinning threads take the learner's core on a small machine (measured:
+    benchmarks/sampler_engines.py). VLLM_CPU_OMP_THREADS_BIND=nobind leaves placement to the OS."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     cores = (
-        sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
     )
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
+    share = int(os.environ.get("OMP_NUM_THREADS") or len(cores))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores[-max(1, share) :]))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 

@@ -1,9 +1,11 @@
 """Data-collection policies: they write the full output text a model would, for any env.
 
-`make_policy(spec)` with spec `random | expert | epsilon:<p> | malformed:<p>`:
+`make_policy(spec)` with spec `random | expert | epsilon:<p>[:<m>] | malformed:<p>`:
 - random: a uniformly random legal action.
 - expert: the env's scripted expert (random where it has none).
-- epsilon:<p>: random with probability p, else expert.
+- epsilon:<p>: random with probability p, else expert. epsilon:<p>:<m>: first, with probability m, a
+  malformed output (as below), else the same: the noisy-expert data of envs where random play almost
+  never succeeds.
 - malformed:<p>: with probability p an output that fails the syntax check the way base models fail
   (half of them the well-formed answer cut off anywhere; else prose, wrong key, an action that is not
   legal, two actions, a cut-off answer, nothing); else random. The cut-offs teach a critic what an
@@ -54,6 +56,7 @@ def malformed_output(
 class Policy:
     kind: str
     p: float = 0.0
+    malformed: float = 0.0  # epsilon only: the share of malformed outputs
 
     def act(
         self,
@@ -64,7 +67,8 @@ class Policy:
     ) -> str:
         if not legal_actions:
             raise ValueError("a policy needs at least one legal action")
-        if self.kind == "malformed" and rng.random() < self.p:
+        broken = self.p if self.kind == "malformed" else self.malformed
+        if broken and rng.random() < broken:
             return malformed_output(legal_actions, rng, format_action)
         explore = self.kind in ("random", "malformed") or (self.kind == "epsilon" and rng.random() < self.p)
         if explore or expert_action is None:

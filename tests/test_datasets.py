@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,7 +13,8 @@ from replay.datasets import export, info
 from replay.shard import Shard
 from replay.store import read_folder
 from vlmq.cli import main
-from vlmq.config import ReplayConfig
+from vlmq.config import ReplayConfig, load_config
+from vlmq.driver import check_dataset
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,30 @@ def test_collect_plays_the_runs_env_config(ray_local, tmp_path):
             assert all(shown) and ("Earlier turns:" in text) == (r["turn_index"] > 0)
     meta = json.load(open(tmp_path / "a" / "meta.json"))
     assert (meta["history"], meta["syntax_penalty"], meta["max_steps"]) == (2, -0.5, 3)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("env.id=blackjack", "env.id"),
+        ("env.obs_mode=text", "env.obs_mode"),
+        ("env.history=2", "env.history"),
+        ("env.syntax_penalty=-0.5", "env.syntax_penalty"),
+        ("env.max_steps=3", "env.max_steps"),
+        ("env.kwargs={max_position: 7}", "env.kwargs"),
+    ],
+)
+def test_training_on_a_dataset_of_another_env_config_is_refused_naming_the_field(
+    dataset, override, field, tmp_path, capsys
+):
+    smoke = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
+    argv = ["train", "--config", smoke, f"data.path={dataset}", f"out_dir={tmp_path}"]
+    check_dataset(load_config(smoke, [f"data.path={dataset}"]))  # the dataset's own env config passes
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, override])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"collected with {field}=" in err and f"this run has {field}=" in err, (
+        err
+    )
+    assert not any(tmp_path.iterdir())  # refused before the run folder exists
+    assert info(dataset)["turns"] > 0  # the dataset is untouched

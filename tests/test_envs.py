@@ -342,6 +342,15 @@ def test_policies():
         for _ in range(400)
     ]
     assert 0.4 < np.mean([a is None for a in half]) < 0.6
+    # the noisy expert: a share m malformed; of the rest, the expert's move with p = 0.5 exploring
+    noisy = [
+        env.parse_agent(make_policy("epsilon:0.5:0.3").act(legal, "2", rng, env.format_action))
+        for _ in range(1000)
+    ]
+    assert 0.25 < np.mean([a is None for a in noisy]) < 0.35
+    formed = [a for a in noisy if a is not None]
+    share = 0.5 + 0.5 / len(legal)  # the expert's move, chosen or explored onto
+    assert share - 0.07 < np.mean([a == "2" for a in formed]) < share + 0.07
 
 
 def test_malformed_policy_is_a_syntax_error_in_every_card_env():

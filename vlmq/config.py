@@ -135,7 +135,10 @@ class LearnerConfig:
 
 @dataclass
 class SamplerConfig:
-    backend: Literal["vllm", "hf", "scripted"] = "hf"
+    # vLLM serves the policy (the design); hf (transformers generate) stays for tests and machines
+    # without vLLM; scripted plays data.policy with no model. Measured against hf on the tiny model
+    # and 2 CPU cores: docs/actors.md, "Sampler engines".
+    backend: Literal["vllm", "hf", "scripted"] = "vllm"
     num_samplers: int = 1
     temperature: float = 1.0
     max_tokens: int = 32
@@ -331,22 +334,28 @@ def _resources(section: Any, name: str) -> None:
         )
 
 
-def parse_policy(spec: str, key: str = "policy") -> tuple[str, float]:
-    """`random | expert | epsilon:<p> | malformed:<p>` -> (kind, p); `envs.policies.make_policy` builds it."""
+def parse_policy(spec: str, key: str = "policy") -> tuple[str, float, float]:
+    """`random | expert | epsilon:<p>[:<m>] | malformed:<p>` -> (kind, p, m), m the share of malformed
+    outputs mixed into an epsilon-noisy expert (0 unless given); `envs.policies.make_policy` builds it."""
     kind, _, arg = spec.partition(":")
     if kind not in POLICY_KINDS:
         raise ConfigError(f"{key} {spec!r}: kind must be one of {list(POLICY_KINDS)}")
     if kind in ("random", "expert"):
         if arg:
             raise ConfigError(f"{key} {spec!r}: {kind} takes no argument")
-        return kind, 0.0
+        return kind, 0.0, 0.0
+    args = arg.split(":")
+    form = "epsilon:<p>[:<m>] with p and m numbers" if kind == "epsilon" else f"{kind}:<p> with p a number"
     try:
-        p = float(arg)
+        if len(args) > (2 if kind == "epsilon" else 1):
+            raise ValueError
+        p, m = float(args[0]), float(args[1]) if len(args) == 2 else 0.0
     except ValueError:
-        raise ConfigError(f"{key} {spec!r}: expected {kind}:<p> with p a number in [0, 1]") from None
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"{key} {spec!r}: p={p} is outside [0, 1]")
-    return kind, p
+        raise ConfigError(f"{key} {spec!r}: expected {form} in [0, 1]") from None
+    for name, x in (("p", p), ("m", m)):
+        if not 0.0 <= x <= 1.0:
+            raise ConfigError(f"{key} {spec!r}: {name}={x} is outside [0, 1]")
+    return kind, p, m
 
 
 def validate_model(cfg: ModelConfig) -> None:

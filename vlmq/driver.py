@@ -27,7 +27,7 @@ from pathlib import Path
 
 import ray
 
-from actors.placement import start_runner, start_runners, start_samplers
+from actors.placement import ready, start_runner, start_runners, start_samplers
 from learner.model_files import ship
 from learner.trainer import LearnerDied, LearnerGroup
 from vlmq.checkpoints import Checkpoints, step_name
@@ -77,6 +77,34 @@ def check_resumable(cfg: RunConfig, ckpts: Checkpoints, ckpt: str) -> None:
             )
 
 
+# What an offline dataset's turns depend on (its meta.json key -> the env field): a run with other
+# values would train on prompts, rewards or episode ends its own env never produces.
+DATASET_MUST_MATCH = {
+    "env_id": "id", "obs_mode": "obs_mode", "history": "history", "syntax_penalty": "syntax_penalty",
+    "max_steps": "max_steps", "env_kwargs": "kwargs",
+}  # fmt: skip
+
+
+def check_dataset(cfg: RunConfig) -> None:
+    """Refuse a `data.path` that is no dataset, or was collected with another env config, naming the
+    field; keys its meta lacks (a dataset written before they were recorded) are not checked."""
+    from replay.store import open_root
+
+    url = cfg.data.path
+    fs, path = open_root(url)
+    if not fs.exists(f"{path}/meta.json"):
+        raise FileNotFoundError(f"data.path {url} is not a dataset folder (no meta.json)")
+    with fs.open(f"{path}/meta.json", "r") as f:
+        meta = json.load(f)
+    for key, name in DATASET_MUST_MATCH.items():
+        if key in meta and meta[key] != getattr(cfg.env, name):
+            raise ConfigError(
+                f"data.path {url} was collected with env.{name}={meta[key]!r}, but this run has "
+                f"env.{name}={getattr(cfg.env, name)!r}; set env.{name}={meta[key]!r} or collect a new "
+                "dataset (leave data.path empty)"
+            )
+
+
 def _absolute(cfg: RunConfig) -> None:
     """Actors may run in another working directory (a job's runtime env): give them absolute paths."""
 
@@ -96,6 +124,8 @@ class Driver:
 
         validate(cfg)  # before any folder or Ray: a hand-made config (train() from Python) too
         _absolute(cfg)
+        if cfg.data.path:
+            check_dataset(cfg)  # before anything is created or started
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.ckpts = Checkpoints(cfg.checkpoint_url)
@@ -123,6 +153,8 @@ class Driver:
                 "tiny model cannot learn to read digits from pixels on a CPU in minutes)"
             )
         self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
+        # the samplers' engines start (vLLM: tens of seconds) while the data and the learner load
+        self.samplers = start_samplers(cfg, model_files=self.model_files, wait=False)
         self._ensure_offline_data()
         self.learner = LearnerGroup(cfg.model, cfg.learner, model_files=self.model_files)
         check_reachable(self.ckpts.url, self.learner.bundle, "checkpoint_root")  # the learner writes there
@@ -131,7 +163,7 @@ class Driver:
             self.learner.load(self.ckpts.folder(ckpt) + "/learner")
             self.state = DriverState(**self.ckpts.driver_state(ckpt))
             log.info("resumed from %s: update %d, version %d", ckpt, self.state.updates, self.state.version)
-        self.samplers = start_samplers(cfg, model_files=self.model_files)
+        ready(self.samplers)
         self.runners = start_runners(cfg, self.samplers, self.replay)
         self.uses_lora = cfg.sampler.backend != "scripted"
         self.probe = self._make_probe()
@@ -141,6 +173,7 @@ class Driver:
         self.retired_turns = 0  # turns collected by runners that died, in this online phase
         self.retired_acked = 0  # turns of runners that died that the replay had acknowledged
         self.last_stats: dict[int, dict] = {}  # each runner's newest stats
+        self.phase_s: dict[str, float] = {}  # wall seconds per phase of this job run (results.json)
 
     # ---- setup -----------------------------------------------------------------------------------
     def _ensure_model(self) -> None:
@@ -163,9 +196,7 @@ class Driver:
             return
         url = cfg.data.path or str(self.run_dir / "dataset")  # a folder or an fsspec URL
         fs, path = open_root(url)
-        if not fs.exists(f"{path}/meta.json"):
-            if cfg.data.path:
-                raise FileNotFoundError(f"data.path {url} is not a dataset folder (no meta.json)")
+        if not fs.exists(f"{path}/meta.json"):  # no data.path (checked at start): collect one
             if fs.exists(path):
                 fs.rm(path, recursive=True)  # a collection that died half-way
             t0 = time.time()
@@ -257,7 +288,9 @@ class Driver:
 
     def evaluate(self, label: str) -> float:
         """Greedy on held-out seeds (eval.seed ...), split over the runners."""
+        t0 = time.time()
         out = evaluate_policy(self.runners, self.cfg.eval.episodes, self.cfg.eval.seed)
+        self.phase_s[f"eval_{label}"] = time.time() - t0
         self.state.evals[label] = out["success_rate"]
         self.monitor.gauge("eval_success", out["success_rate"], partition=label)
         self.monitor.log(
@@ -361,6 +394,7 @@ class Driver:
     def offline_phase(self) -> None:
         cfg = self.cfg.learner
         self.monitor.phase("offline", self.state.updates, self.state.env_steps)
+        t0 = time.time()
         while self.state.updates < cfg.offline_steps:
             try:
                 m = self.update(1.0)
@@ -371,6 +405,7 @@ class Driver:
                 self.state.updates, cfg.offline_steps, "updates",
                 f"actor {m['actor_loss']:.3f} critic {m['critic_loss']:.4f} accept {m['filter_rate']:.2f}",
             )  # fmt: skip
+        self.phase_s["offline"] = time.time() - t0
 
     def online_phase(self) -> None:
         cfg = self.cfg.learner
@@ -414,6 +449,7 @@ class Driver:
                 final = self.stop_runners(runs)
             finally:  # whatever failed above, what the runners handed over is written
                 self.state.online_s += time.time() - t0
+                self.phase_s["online"] = time.time() - t0
                 self.replay.flush()
                 self.count_stored()
         self._record_slow(final, time.time() - t0)  # the actors' last stats, also for a short run
@@ -469,6 +505,11 @@ class Driver:
             "sync_s_median": statistics.median(s.sync_s) if s.sync_s else float("nan"),
             "updates": s.updates,
             "runner_nodes": len({st["node_id"] for st in ray.get([r.stats.remote() for r in self.runners])}),
+            # the engine's cold start: backend construction in the slowest sampler
+            "sampler_startup_s": max(
+                st["startup_s"] for st in ray.get([x.stats.remote() for x in self.samplers])
+            ),
+            "phase_s": self.phase_s,
             "wall_s": wall_s,
         }
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -484,6 +525,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     """Run (or continue) the job described by `cfg`; returns the results written to results.json."""
     t0 = time.time()
     d = Driver(cfg, resume)
+    d.phase_s["start"] = time.time() - t0
     try:
         if not resume:
             d.evaluate("before")
