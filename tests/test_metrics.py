@@ -36,3 +36,17 @@ def test_the_progress_line_shows_the_phases_rate_and_eta(tmp_path, monkeypatch, 
     with caplog.at_level(logging.INFO):
         monitor.line(80, 200, "updates", "actor 0.5")
     assert "[offline] 80/200 updates (2.00/s, ETA 00:01:00) actor 0.5" in caplog.text
+
+
+def test_the_summary_table_gives_a_row_per_key_of_a_dict_value():
+    from vlmq.monitor import table
+
+    rows = [("wall_s", 2.5), ("phase_s", {"start": 1.25, "online": 3.0}), ("updates", 4)]
+    assert table(rows).splitlines() == [
+        "metric          value",
+        "--------------  -----",
+        "wall_s          2.500",
+        "phase_s.start   1.250",
+        "phase_s.online  3.000",
+        "updates         4",
+    ]

