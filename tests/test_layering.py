@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     METRICS: set(),
     "envs": {FLOOR},
     "vlmq.tiny_model": {FLOOR, "envs"},
+    "vlmq.smollm2": set(),  # SmolLM2 from its GGUF: transformers only
     "vlmq.local_cluster": set(),  # `ray start` processes for tests and benchmarks: Ray only
     "vlmq.nodes": set(),  # which node sees which path: Ray and fsspec only
     "replay": {FLOOR, "vlmq.nodes"},  # storage only: turns, shards, datasets; never an env
@@ -35,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
             FLOOR,
             METRICS,
             "vlmq.tiny_model",
+            "vlmq.smollm2",
             "vlmq.nodes",
             "vlmq.checkpoints",
             "envs",
@@ -113,6 +115,7 @@ def test_the_contract_has_no_cycle():
         "vlmq.nodes",
         "envs",
         "vlmq.tiny_model",
+        "vlmq.smollm2",
         "replay",
         "vlmq.checkpoints",
         "learner",
