@@ -22,12 +22,10 @@ def start_samplers(
     state_root: str | Path | None = None,
     backend: Any = None,
     model_files: tuple | None = None,
-    wait: bool = True,
 ) -> list:
     """`sampler.num_samplers` Sampler actors, restarted by Ray when they die; each keeps its newest
     verified adapter under `state_root/sampler-<i>` (default: `<run dir>/samplers`) to reload it then.
-    `model_files` (learner.model_files.ship) serves nodes that cannot see `model.path`. `wait=False`
-    returns at once, so an engine's cold start overlaps other work; `ready(samplers)` then waits."""
+    `model_files` (learner.model_files.ship) serves nodes that cannot see `model.path`."""
     gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.sampler.backend != "scripted"
     root = Path(state_root) if state_root is not None else cfg.run_dir / "samplers"
     samplers = [
@@ -42,12 +40,7 @@ def start_samplers(
         )
         for i in range(cfg.sampler.num_samplers)
     ]
-    return ready(samplers) if wait else samplers
-
-
-def ready(samplers: list) -> list:
-    """Wait until every sampler's backend is built; a failing constructor surfaces here."""
-    ray.get([s.ping.remote() for s in samplers])
+    ray.get([s.ping.remote() for s in samplers])  # a failing constructor surfaces here
     return samplers
 
 

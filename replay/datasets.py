@@ -69,14 +69,20 @@ class DatasetWriter:
             json.dump(meta, f, indent=2)
 
 
+def read_meta(path: str) -> dict | None:
+    """A dataset folder's (or URL's) meta.json, or None where it has none."""
+    fs, root = open_root(path)
+    if not fs.exists(f"{root}/meta.json"):
+        return None
+    with fs.open(f"{root}/meta.json", "r") as f:
+        return json.load(f)
+
+
 def info(path: str) -> dict:
     """Counts, episode return and success statistics, syntax-error rate; unreadable segments by name."""
     table, bad = read_folder(path)
     fs, root = open_root(path)
-    meta = {}
-    if fs.exists(f"{root}/meta.json"):
-        with fs.open(f"{root}/meta.json", "r") as f:
-            meta = json.load(f)
+    meta = read_meta(path) or {}
     per_ep = table.group_by("episode_id").aggregate([("reward", "sum"), ("turn_index", "count")])
     returns = per_ep.column("reward_sum").to_numpy()
     ends = table.filter(pc.or_(table.column("terminated"), table.column("truncated")))

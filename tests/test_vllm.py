@@ -6,6 +6,8 @@ log-probs agree to 1e-4.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,22 @@ def test_lora_versions_get_fresh_ids_and_match_peft(
         vllm_backend.score(PROMPT, [img], gen, v1)
     with pytest.raises(ValueError, match="start at 1"):
         vllm_backend.load_lora(0, str(a1))
+
+
+def test_vllm_cpu_threads_take_the_actors_cpu_share_on_its_last_cores(monkeypatch):
+    """Bound to every core, the engine's spinning OpenMP threads slowed the learner (docs/actors.md)."""
+    from actors.vllm_backend import _cpu_defaults
+
+    for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets for a num_cpus=1 actor
+    _cpu_defaults()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "3"
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    _cpu_defaults()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "2,3"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the user's choice is kept
+    _cpu_defaults()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"

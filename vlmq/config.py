@@ -346,12 +346,13 @@ def parse_policy(spec: str, key: str = "policy") -> tuple[str, float, float]:
         return kind, 0.0, 0.0
     args = arg.split(":")
     form = "epsilon:<p>[:<m>] with p and m numbers" if kind == "epsilon" else f"{kind}:<p> with p a number"
+    bad = ConfigError(f"{key} {spec!r}: expected {form} in [0, 1]")
+    if len(args) > (2 if kind == "epsilon" else 1):
+        raise bad
     try:
-        if len(args) > (2 if kind == "epsilon" else 1):
-            raise ValueError
         p, m = float(args[0]), float(args[1]) if len(args) == 2 else 0.0
     except ValueError:
-        raise ConfigError(f"{key} {spec!r}: expected {form} in [0, 1]") from None
+        raise bad from None
     for name, x in (("p", p), ("m", m)):
         if not 0.0 <= x <= 1.0:
             raise ConfigError(f"{key} {spec!r}: {name}={x} is outside [0, 1]")

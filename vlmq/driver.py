@@ -27,7 +27,7 @@ from pathlib import Path
 
 import ray
 
-from actors.placement import ready, start_runner, start_runners, start_samplers
+from actors.placement import start_runner, start_runners, start_samplers
 from learner.model_files import ship
 from learner.trainer import LearnerDied, LearnerGroup
 from vlmq.checkpoints import Checkpoints, step_name
@@ -88,14 +88,12 @@ DATASET_MUST_MATCH = {
 def check_dataset(cfg: RunConfig) -> None:
     """Refuse a `data.path` that is no dataset, or was collected with another env config, naming the
     field; keys its meta lacks (a dataset written before they were recorded) are not checked."""
-    from replay.store import open_root
+    from replay.datasets import read_meta
 
     url = cfg.data.path
-    fs, path = open_root(url)
-    if not fs.exists(f"{path}/meta.json"):
+    meta = read_meta(url)
+    if meta is None:
         raise FileNotFoundError(f"data.path {url} is not a dataset folder (no meta.json)")
-    with fs.open(f"{path}/meta.json", "r") as f:
-        meta = json.load(f)
     for key, name in DATASET_MUST_MATCH.items():
         if key in meta and meta[key] != getattr(cfg.env, name):
             raise ConfigError(
@@ -153,8 +151,6 @@ class Driver:
                 "tiny model cannot learn to read digits from pixels on a CPU in minutes)"
             )
         self.replay = start_replay(cfg.replay, cfg.replay.root or str(self.run_dir / "replay"))
-        # the samplers' engines start (vLLM: tens of seconds) while the data and the learner load
-        self.samplers = start_samplers(cfg, model_files=self.model_files, wait=False)
         self._ensure_offline_data()
         self.learner = LearnerGroup(cfg.model, cfg.learner, model_files=self.model_files)
         check_reachable(self.ckpts.url, self.learner.bundle, "checkpoint_root")  # the learner writes there
@@ -163,7 +159,7 @@ class Driver:
             self.learner.load(self.ckpts.folder(ckpt) + "/learner")
             self.state = DriverState(**self.ckpts.driver_state(ckpt))
             log.info("resumed from %s: update %d, version %d", ckpt, self.state.updates, self.state.version)
-        ready(self.samplers)
+        self.samplers = start_samplers(cfg, model_files=self.model_files)
         self.runners = start_runners(cfg, self.samplers, self.replay)
         self.uses_lora = cfg.sampler.backend != "scripted"
         self.probe = self._make_probe()

@@ -59,7 +59,6 @@ def convert_smollm2(out: str | Path) -> Path:
         raise ValueError(f"{gguf_path()} carries no chat template; the prompts need one")
     config = copy.deepcopy(gguf_model.config)
     del config.quantization_config  # the folder is plain float32: vLLM refuses a "gguf" method here
-    config._name_or_path = "SmolLM2-135M-Instruct"
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())  # strict: every tensor has its place
     plain.save_pretrained(out)
