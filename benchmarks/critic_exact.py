@@ -221,18 +221,20 @@ def probe_states(env_id: str, episodes: int, seed: int, obs_mode: str) -> list[t
 
 # -- the critic's values ----------------------------------------------------------------------------
 def critic_values(learner, env_id: str, states: list) -> list[dict]:
-    """Q and the policy's logit at the token that names each legal action, per probe state."""
+    """Q (online and target heads) and the policy's logit at the token that names each legal action,
+    per probe state."""
     tok = learner.processor.tokenizer
     actions = make_env(env_id).legal_actions()
     ids = [text_to_gen_ids(tok, format_action(a)) for a in actions]
     k = next(i for i, col in enumerate(zip(*ids)) if len(set(col)) > 1)  # the first token that differs
     out = []
     for key, (messages, images) in states:
-        logits, q = answer_heads(learner, messages, images, ids[0])
+        logits, q, q_target = answer_heads(learner, messages, images, ids[0])
         out.append(
             {
                 "key": key,
                 "q": {a: float(q[k, i[k]]) for a, i in zip(actions, ids)},
+                "q_target": {a: float(q_target[k, i[k]]) for a, i in zip(actions, ids)},
                 "logit": {a: float(logits[k, i[k]]) for a, i in zip(actions, ids)},
             }
         )
@@ -253,8 +255,10 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def score(values: list[dict], exact: dict, optimal: dict) -> dict:
-    """Correlations and MAE against exact Q^pi; the probe and the greedy policy against the optimum."""
+def score(values: list[dict], exact: dict, optimal: dict, heads: str = "q") -> dict:
+    """Correlations and MAE against exact Q^pi; the probe and the greedy policy against the optimum.
+    `heads` "q_target" reads the EMA target heads instead of the online ones."""
+    values = [{**v, "q": v[heads]} for v in values]
     pairs = [(exact[v["key"]][a], v["q"][a]) for v in values for a in v["q"]]
     x, y = np.array(pairs).T
     best = lambda d: max(d, key=d.get)  # noqa: E731
@@ -276,16 +280,54 @@ def score(values: list[dict], exact: dict, optimal: dict) -> dict:
 
 
 def run_one(job: tuple) -> dict:
-    env_id, method, seed, model_cfg, learner_kw, turns, steps, probe_episodes, obs_mode, threads = job
+    (
+        env_id,
+        method,
+        seed,
+        model_cfg,
+        learner_kw,
+        turns,
+        steps,
+        probe_episodes,
+        obs_mode,
+        threads,
+        polyak_rate,
+        dump,
+    ) = job
     torch.set_num_threads(threads)
     t0 = time.time()
     cfg = LearnerConfig(seed=seed, **{**learner_kw, "lr_decay_steps": steps})  # the cosine spans the run
     if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
         cfg.filter = "none"
-    learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
+    average: dict[str, torch.Tensor] = {}
+
+    def polyak(learner) -> None:  # the running average of every trained parameter (LoRA and heads)
+        for name, p in learner.model.named_parameters():
+            if p.requires_grad:
+                average.setdefault(name, p.detach().clone()).lerp_(p.detach(), polyak_rate)
+
+    learner = train(
+        model_cfg, turns, cfg, steps, log_every=max(1, steps // 5), after_step=polyak if polyak_rate else None
+    )
     solve = ENVS[env_id][0]
-    values = critic_values(learner, env_id, probe_states(env_id, probe_episodes, EvalConfig().seed, obs_mode))
-    out = score(values, solve(cfg.gamma), solve(cfg.gamma, optimal=True))
+    exact, optimal = solve(cfg.gamma), solve(cfg.gamma, optimal=True)
+    states = probe_states(env_id, probe_episodes, EvalConfig().seed, obs_mode)
+    values = critic_values(learner, env_id, states)
+    out = score(values, exact, optimal)
+    metrics = ("spearman", "pearson", "mae", "probe")
+    out["target_heads"] = {k: v for k, v in score(values, exact, optimal, "q_target").items() if k in metrics}
+    if polyak_rate:  # the same run read through its averaged parameters
+        named = dict(learner.model.named_parameters())
+        with torch.no_grad():
+            for name, p in average.items():
+                named[name].copy_(p)
+        averaged = score(critic_values(learner, env_id, states), exact, optimal)
+        out["polyak"] = {"rate": polyak_rate, **{k: averaged[k] for k in metrics}}
+    if dump:  # per (state, action): exact Q^pi and the critic's Q, to see where the errors sit
+        out["values"] = [
+            {"state": list(v["key"]), "exact": exact[v["key"]], "q": v["q"], "q_target": v["q_target"]}
+            for v in values
+        ]
     out.update(
         seed=seed,
         episodes=len({t.episode_id for t in turns}),
@@ -307,6 +349,13 @@ def main() -> None:
     ap.add_argument("--probe-episodes", type=int, default=300)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "critic_exact.json"))
+    ap.add_argument(
+        "--polyak",
+        type=float,
+        default=0.0,
+        help="also read Q through a running parameter average at this rate",
+    )
+    ap.add_argument("--dump-values", action="store_true", help="record every (state, action)'s Q")
     ap.add_argument("--ceiling", action="store_true", help="only the data ceiling (no training)")
     ap.add_argument("--set", nargs="*", default=[], help="LearnerConfig overrides (ablations), e.g. tau=0.02")
     ap.add_argument(
@@ -345,7 +394,10 @@ def main() -> None:
             turns, _ = collect(args.episodes, seed=0, env_id=env_id, obs_mode=args.obs_mode)
             print(f"{env_id}: {args.episodes} random episodes, {len(turns)} turns", flush=True)
             threads = 3 - min(args.jobs, 2)
-            common = (model_cfg, learner_kw, turns, args.steps, args.probe_episodes, args.obs_mode, threads)
+            common = (
+                *(model_cfg, learner_kw, turns, args.steps, args.probe_episodes, args.obs_mode, threads),
+                *(args.polyak, args.dump_values),
+            )
             jobs = [(env_id, m, s, *common) for m in args.methods for s in args.seeds]
             if args.jobs == 1:
                 runs += [run_one(j) for j in jobs]

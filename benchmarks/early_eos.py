@@ -36,7 +36,7 @@ def early_eot(learner: Learner, seed: int, resets: int = 300) -> dict:
     for (messages, images), right in states:
         ids = text_to_gen_ids(tok, format_action(right))
         eot, early = ids[-1], range(len(ids) - 1)
-        logits, q = answer_heads(learner, messages, images, ids)
+        logits, q, _ = answer_heads(learner, messages, images, ids)
         pi = torch.softmax(logits, -1)
         q_max.append(max(float(q[k, eot]) for k in early))
         pi_max.append(max(float(pi[k, eot]) for k in early))

@@ -147,12 +147,15 @@ def start_states(seed: int, resets: int) -> list[tuple[tuple, str]]:
 
 @torch.no_grad()
 def answer_heads(learner: Learner, messages: list, images: list, gen_ids: list[int]):
-    """Policy logits (K, V) and ensemble-mean Q (K, V) at each token of one answer, as in training."""
+    """Policy logits (K, V) and the ensemble-mean Q of the online and of the target heads (K, V) at each
+    token of one answer, as in training."""
     turn = Turn("probe", 0, "numberline", 0, messages, images, gen_ids=gen_ids, terminated=True)
     b = build_batch([turn], learner.processor, learner.cfg, learner.prompt_cache)
     learner.model.eval()
-    logits, q, *_ = learner.model(b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions)
-    return logits[0].float(), q.float().mean(0)[0]
+    logits, q, q_target, _ = learner.model(
+        b.seqs.input_ids, b.seqs.attention_mask, b.seqs.images, b.positions
+    )
+    return logits[0].float(), q.float().mean(0)[0], q_target.float().mean(0)[0]
 
 
 def critic_probe(learner: Learner, episodes: int, seed: int) -> dict:
@@ -165,7 +168,7 @@ def critic_probe(learner: Learner, episodes: int, seed: int) -> dict:
         wrong = "-" if right == "+" else "+"
         ids = [text_to_gen_ids(tok, format_action(a)) for a in (right, wrong)]
         k = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)  # the token that names the action
-        _, q = answer_heads(learner, messages, images, ids[0])
+        _, q, _ = answer_heads(learner, messages, images, ids[0])
         d = float(q[k, ids[0][k]] - q[k, ids[1][k]])
         agree, gap = agree + (d > 0), gap + d
     return {"critic_agree": agree / len(states), "critic_gap": gap / len(states), "states": len(states)}
@@ -178,12 +181,16 @@ def train(
     steps: int,
     log_every: int,
     probe: bool = False,
+    after_step=None,
 ) -> Learner:
-    """`steps` updates on uniform draws from `turns`; with `probe`, the NumberLine critic probe at each log."""
+    """`steps` updates on uniform draws from `turns`; with `probe`, the NumberLine critic probe at each
+    log; `after_step(learner)` runs after every update (critic_exact's parameter average)."""
     learner = Learner(model_cfg, cfg)
     rng = random.Random(cfg.seed)
     for s in range(1, steps + 1):
         m = learner.step(rng.sample(turns, cfg.batch_size))
+        if after_step is not None:
+            after_step(learner)
         if s % log_every == 0 or s == steps:
             keys = ("actor_loss", "critic_loss", "value_loss", "filter_rate", "q", "v", "adv", "td_error")
             line = " ".join(f"{k} {m[k]:.3f}" for k in keys)

@@ -260,8 +260,35 @@ def test_shipped_configs_set_what_they_say():
         for k, v in data.items():
             yield from leaves(v, (*prefix, k)) if isinstance(v, dict) else [((*prefix, k), v)]
 
+    def settings(p: Path) -> dict:  # the file's leaves over its base's
+        data = yaml.safe_load(p.read_text())
+        base = data.pop("base", None)
+        return {**(settings(p.parent / base) if base else {}), **dict(leaves(data))}
+
     for p in paths:
         resolved = dataclasses.asdict(load_config(p))
-        for key, value in leaves(yaml.safe_load(p.read_text())):
+        for key, value in settings(p).items():
             got = functools.reduce(lambda d, k: d[k], key, resolved)
             assert got == value, (p.name, key)
+
+
+def test_a_config_builds_on_its_base(tmp_path):
+    """base first, then the file, then the overrides; a section merges key by key."""
+    (tmp_path / "recipe.yaml").write_text("learner:\n  lr: 0.1\n  tau: 0.2\nenv:\n  obs_mode: text\n")
+    (tmp_path / "mid.yaml").write_text("base: recipe.yaml\nlearner:\n  tau: 0.3\n")
+    sub = tmp_path / "envs"
+    sub.mkdir()
+    (sub / "bj.yaml").write_text("base: ../mid.yaml\nenv:\n  id: blackjack\n")
+    cfg = load_config(sub / "bj.yaml", ["learner.lr=0.5"])
+    assert (cfg.learner.lr, cfg.learner.tau, cfg.env.obs_mode, cfg.env.id) == (0.5, 0.3, "text", "blackjack")
+    assert cfg.learner.gamma == 0.9  # a default neither file sets
+
+
+def test_a_missing_or_circular_base_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"base 'nowhere.yaml' is not a config file"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match=r"base 'b.yaml' is already in this chain of bases"):
+        load_config(tmp_path / "b.yaml")

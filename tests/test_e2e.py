@@ -113,6 +113,7 @@ def test_job_submit_end_to_end(head, tiny_vlm_dir, tmp_path):
     phases = {"start", "eval_before", "offline", "eval_offline", "online", "eval_final"}
     assert set(results["phase_s"]) == phases and all(t > 0 for t in results["phase_s"].values())
     assert 0 < results["sampler_startup_s"] < results["wall_s"]
+    assert all(0 <= results[f"syntax_{k}"] <= 1 for k in ("before", "offline", "final"))
     assert (run / "checkpoints" / "latest").exists()
     ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     assert (ckpt / "learner").is_dir() and (ckpt / "driver.json").exists()

@@ -286,17 +286,34 @@ def parse_override(item: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the YAML file, then the overrides, each checked against the schema."""
+    """Defaults, then the YAML file (after the file its `base` key names), then the overrides, each
+    checked against the schema."""
     return parse_config(Path(path).read_text() if path is not None else "", str(path), overrides)
+
+
+def _layers(text: str, source: str, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """A config's mappings, base first: `base: numberline.yaml` (a path relative to the file) puts
+    that config under this one, so an env's config states only what differs from the recipe."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return [data]
+    path = (Path(source).parent / str(base)).resolve()
+    if path in seen:
+        raise ConfigError(f"{source}: base {base!r} is already in this chain of bases (a cycle)")
+    if not path.is_file():
+        raise ConfigError(f"{source}: base {base!r} is not a config file ({path})")
+    return [*_layers(path.read_text(), str(path), (*seen, path)), data]
 
 
 def parse_config(text: str, source: str = "<text>", overrides: list[str] | None = None) -> RunConfig:
     """`load_config` of YAML text (a checkpoint's config.yaml read from any storage)."""
     cfg = RunConfig()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping")
-    _merge(cfg, data, "")
+    start = (Path(source).resolve(),) if Path(source).is_file() else ()
+    for data in _layers(text, source, start):
+        _merge(cfg, data, "")
     for item in overrides or []:
         _merge(cfg, parse_override(item), "")
     validate(cfg)

@@ -48,7 +48,8 @@ class DriverState:
     env_steps: int = 0  # online turns stored by the replay (all job runs)
     episodes: int = 0  # online episodes stored by the replay (all job runs)
     online_s: float = 0.0  # collection wall time in earlier job runs
-    evals: dict[str, float] = field(default_factory=dict)
+    evals: dict[str, float] = field(default_factory=dict)  # label -> greedy success
+    eval_syntax: dict[str, float] = field(default_factory=dict)  # label -> share of well-formed actions
     sync_s: list[float] = field(default_factory=list)
     version_updates: dict[str, int] = field(default_factory=dict)  # version -> update count when pushed
 
@@ -288,6 +289,7 @@ class Driver:
         out = evaluate_policy(self.runners, self.cfg.eval.episodes, self.cfg.eval.seed)
         self.phase_s[f"eval_{label}"] = time.time() - t0
         self.state.evals[label] = out["success_rate"]
+        self.state.eval_syntax[label] = out["syntax_accuracy"]
         self.monitor.gauge("eval_success", out["success_rate"], partition=label)
         self.monitor.log(
             "eval", self.state.env_steps,
@@ -490,6 +492,7 @@ class Driver:
             "success_before": s.evals.get("before", float("nan")),
             "success_offline": s.evals.get("offline", float("nan")),
             "success_final": s.evals.get("final", float("nan")),
+            **{f"syntax_{k}": s.eval_syntax.get(k, float("nan")) for k in ("before", "offline", "final")},
             "env_steps": s.env_steps,
             "episodes": s.episodes,
             "turns_acknowledged": self.retired_acked

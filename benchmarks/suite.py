@@ -1,0 +1,145 @@
+"""The paper's environment suite, learned: per env, the dataset's own success and, on that same data with
+the same updates and evaluation episodes, four methods, each with greedy success and syntax accuracy
+on held-out seeds. Every run is the real job, `vlmq train --config configs/<env>.yaml`, with overrides:
+
+- sft_plain: `learner.filter=none learner.critic_coef=0 learner.online_steps=0` (the paper's baseline:
+  no critic loss shapes the shared LoRA);
+- sft: `learner.filter=none learner.online_steps=0` (the same code as AFSFT, filter none);
+- afsft and afsft_online: one run as configured; its evaluation after the offline phase is afsft, its
+  final one afsft_online (so online is measured against exactly the offline policy it started from).
+
+The dataset is collected once per env (`vlmq data collect --config`) and every run loads it
+(`data.path`). A seed is the learner's and the replay's (init of LoRA and heads, batch draws); model
+and data stay. MiniWoB is a set of click tasks (MINIWOB_TASKS below), one dataset and run per task; its
+method rows are the median over the tasks per seed, and each task's own rows are kept under "tasks".
+
+    .venv/bin/python benchmarks/suite.py --envs blackjack [--seeds 0 1 2] [--set learner.offline_steps=700]
+
+A run replaces the (env, seed) cells it measures in benchmarks/results/suite.json and keeps the others,
+so the table fills one env and one seed at a time. Wall time is recorded per cell; afsft's is the run
+up to its offline evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from replay.datasets import info  # noqa: E402
+from vlmq.config import load_config  # noqa: E402
+
+log = logging.getLogger("suite")
+ENVS = ("numberline", "blackjack", "ezpoints", "points24", "babyai", "miniwob")
+# Click tasks the oracle solves every time (benchmarks/results/envs.json), so the data can hold
+# successes; the config trains the first, the suite all of them.
+MINIWOB_TASKS = ("click-button", "click-link", "click-dialog", "click-tab", "click-test-2", "click-option")
+METHODS = {
+    "sft_plain": ["learner.filter=none", "learner.critic_coef=0", "learner.online_steps=0"],
+    "sft": ["learner.filter=none", "learner.online_steps=0"],
+    "afsft_online": [],
+}
+OUT = REPO / "benchmarks" / "results" / "suite.json"
+
+
+def vlmq(*args: str) -> float:
+    """One `vlmq` command in a fresh process (Ray starts and stops with it); its wall time."""
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "vlmq.cli", *args], cwd=REPO, check=True)
+    return time.time() - t0
+
+
+def run_task(env: str, task_id: str | None, seed: int, sets: list[str], root: Path) -> dict:
+    """The dataset (collected once) and every method on it for one seed: {method: {success, syntax,
+    wall_s}} plus {"dataset": {success, syntax}}."""
+    config = str(REPO / "configs" / f"{env}.yaml")
+    sets = [*sets, f"env.id={task_id}"] if task_id else list(sets)
+    name = task_id.replace(":", "-") if task_id else env
+    data = root / name / "dataset"
+    if not (data / "meta.json").exists():
+        vlmq("data", "collect", "--config", config, "--out", str(data), *sets)
+    d = info(str(data))
+    cells: dict = {"dataset": {"success": d["success_rate"], "syntax": 1 - d["syntax_error_rate"]}}
+    for method, extra in METHODS.items():
+        run = f"{name}-{method}-s{seed}"
+        wall = vlmq(
+            "train", "--config", config, f"out_dir={root}", f"name={run}", f"data.path={data}",
+            f"learner.seed={seed}", f"replay.seed={seed}", *sets, *extra,
+        )  # fmt: skip
+        res = json.loads((root / run / "results.json").read_text())
+        cells[method] = {"success": res["success_final"], "syntax": res["syntax_final"], "wall_s": wall}
+        if method == "afsft_online":
+            p = res["phase_s"]
+            offline_s = p["start"] + p["eval_before"] + p["offline"] + p["eval_offline"]
+            cells["afsft"] = {
+                "success": res["success_offline"],
+                "syntax": res["syntax_offline"],
+                "wall_s": offline_s,
+            }
+        log.info("%s seed %d %s: %s", name, seed, method, cells[method])
+    return cells
+
+
+def merge(entry: dict, seed: int, cells: dict) -> None:
+    """Put one seed's cells into the env's entry: lists aligned with entry["seeds"]."""
+    seeds = sorted({*entry.get("seeds", []), seed})
+    old = entry.get("seeds", [])
+    for method, vals in cells.items():
+        row = entry.setdefault(method, {})
+        for key, v in vals.items():
+            by_seed = dict(zip(old, row.get(key, [])))
+            by_seed[seed] = round(v, 4) if key != "wall_s" else round(v, 1)
+            row[key] = [by_seed[s] for s in seeds if s in by_seed]
+    entry["seeds"] = seeds
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every run, e.g. data.episodes=500")
+    ap.add_argument("--root", default=str(REPO / "runs" / "suite"), help="where datasets and runs go")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    out_path = Path(args.out)
+    out = json.loads(out_path.read_text()) if out_path.exists() else {"gamma": None, "envs": {}}
+    for env in args.envs:
+        cfg = load_config(REPO / "configs" / f"{env}.yaml", args.set)
+        out["gamma"] = cfg.learner.gamma
+        entry = out["envs"].setdefault(env, {})
+        t0 = time.time()
+        for seed in args.seeds:
+            if env == "miniwob":
+                tasks = {
+                    t: run_task(env, f"miniwob:{t}", seed, args.set, Path(args.root)) for t in MINIWOB_TASKS
+                }
+                for t, cells in tasks.items():
+                    merge(entry.setdefault("tasks", {}).setdefault(t, {}), seed, cells)
+                cells = {
+                    m: {
+                        k: statistics.median(c[m][k] for c in tasks.values())
+                        for k in tasks[MINIWOB_TASKS[0]][m]
+                    }
+                    for m in tasks[MINIWOB_TASKS[0]]
+                }
+            else:
+                cells = run_task(env, None, seed, args.set, Path(args.root))
+            merge(entry, seed, cells)
+            entry["overrides"] = args.set
+            entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - t0, 1)
+            t0 = time.time()
+            out_path.write_text(json.dumps(out, indent=1))  # each seed lands as it finishes
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
