@@ -299,16 +299,8 @@ def run_one(job: tuple) -> dict:
     cfg = LearnerConfig(seed=seed, **{**learner_kw, "lr_decay_steps": steps})  # the cosine spans the run
     if method == "sft":  # policy evaluation: pi is SFT on the data, the behaviour policy
         cfg.filter = "none"
-    average: dict[str, torch.Tensor] = {}
-
-    def polyak(learner) -> None:  # the running average of every trained parameter (LoRA and heads)
-        for name, p in learner.model.named_parameters():
-            if p.requires_grad:
-                average.setdefault(name, p.detach().clone()).lerp_(p.detach(), polyak_rate)
-
-    learner = train(
-        model_cfg, turns, cfg, steps, log_every=max(1, steps // 5), after_step=polyak if polyak_rate else None
-    )
+    cfg.param_average = polyak_rate  # the learner keeps the average; training is unchanged by it
+    learner = train(model_cfg, turns, cfg, steps, log_every=max(1, steps // 5))
     solve = ENVS[env_id][0]
     exact, optimal = solve(cfg.gamma), solve(cfg.gamma, optimal=True)
     states = probe_states(env_id, probe_episodes, EvalConfig().seed, obs_mode)
@@ -317,11 +309,8 @@ def run_one(job: tuple) -> dict:
     metrics = ("spearman", "pearson", "mae", "probe")
     out["target_heads"] = {k: v for k, v in score(values, exact, optimal, "q_target").items() if k in metrics}
     if polyak_rate:  # the same run read through its averaged parameters
-        named = dict(learner.model.named_parameters())
-        with torch.no_grad():
-            for name, p in average.items():
-                named[name].copy_(p)
-        averaged = score(critic_values(learner, env_id, states), exact, optimal)
+        with learner.averaged():
+            averaged = score(critic_values(learner, env_id, states), exact, optimal)
         out["polyak"] = {"rate": polyak_rate, **{k: averaged[k] for k in metrics}}
     if dump:  # per (state, action): exact Q^pi and the critic's Q, to see where the errors sit
         out["values"] = [
@@ -353,7 +342,7 @@ def main() -> None:
         "--polyak",
         type=float,
         default=0.0,
-        help="also read Q through a running parameter average at this rate",
+        help="also read Q through the learner's parameter average at this rate (learner.param_average)",
     )
     ap.add_argument("--dump-values", action="store_true", help="record every (state, action)'s Q")
     ap.add_argument("--ceiling", action="store_true", help="only the data ceiling (no training)")

@@ -181,16 +181,12 @@ def train(
     steps: int,
     log_every: int,
     probe: bool = False,
-    after_step=None,
 ) -> Learner:
-    """`steps` updates on uniform draws from `turns`; with `probe`, the NumberLine critic probe at each
-    log; `after_step(learner)` runs after every update (critic_exact's parameter average)."""
+    """`steps` updates on uniform draws from `turns`; with `probe`, the NumberLine critic probe at each log."""
     learner = Learner(model_cfg, cfg)
     rng = random.Random(cfg.seed)
     for s in range(1, steps + 1):
         m = learner.step(rng.sample(turns, cfg.batch_size))
-        if after_step is not None:
-            after_step(learner)
         if s % log_every == 0 or s == steps:
             keys = ("actor_loss", "critic_loss", "value_loss", "filter_rate", "q", "v", "adv", "td_error")
             line = " ".join(f"{k} {m[k]:.3f}" for k in keys)

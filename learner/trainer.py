@@ -12,6 +12,7 @@ moments), `rng.safetensors` (torch RNG) and `learner.json` (step, optimizer grou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -68,6 +69,9 @@ class Learner:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(cfg, s))
         self.steps = 0
+        # the running average of the trained parameters (learner.param_average > 0), from the init
+        trained = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.average = {n: p.detach().clone() for n, p in trained.items()} if cfg.param_average else {}
         self.sft_cfg = dataclasses.replace(cfg, filter="none")
         self.prompt_cache = PromptCache()
 
@@ -147,6 +151,11 @@ class Learner:
         self.optimizer.step()
         self.scheduler.step()
         self.model.update_targets(self.cfg.tau)
+        if self.average:
+            own = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for n, a in self.average.items():
+                    a.lerp_(own[n], self.cfg.param_average)
         self.steps += 1
         names = sorted(metrics)
         totals = self._all_reduce(torch.stack([metrics[k].float() for k in names]))
@@ -155,6 +164,25 @@ class Learner:
         out.update(loss=out["actor_loss"] + self.cfg.critic_coef * critic)
         out.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0], step=self.steps)
         return out
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model with the parameter average in place of its weights (as is without one): what the
+        samplers are served and a sampler's check is computed on. Training resumes from the live weights."""
+        if not self.average:
+            yield
+            return
+        own = dict(self.model.named_parameters())
+        live = {n: own[n].detach().clone() for n in self.average}
+        with torch.no_grad():
+            for n, a in self.average.items():
+                own[n].copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, t in live.items():
+                    own[n].copy_(t)
 
     @torch.no_grad()
     def reference_logprobs(self, messages: list, images: list, gen_ids: list[int]) -> list[float]:
@@ -165,7 +193,8 @@ class Learner:
         images = {k: torch.as_tensor(v).to(self.device) for k, v in enc.items() if k != "input_ids"}
         start = len(enc["input_ids"]) - 1
         positions = torch.arange(start, start + len(gen_ids), device=self.device)[None]
-        logits = self.model(ids, torch.ones_like(ids), images, positions)[0]
+        with self.averaged():  # the weights the samplers are served
+            logits = self.model(ids, torch.ones_like(ids), images, positions)[0]
         logp = torch.log_softmax(logits.float(), -1)[0].gather(-1, ids[0, start + 1 :, None])
         return logp[:, 0].tolist()
 
@@ -173,13 +202,16 @@ class Learner:
         """The policy's LoRA as the bytes every sampler loads (learner/weight_sync.py)."""
         from learner.weight_sync import adapter_bytes
 
-        return adapter_bytes(self.model.peft)
+        with self.averaged():
+            return adapter_bytes(self.model.peft)
 
     # -- checkpoint -----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything that changes during training: trainable weights and the target heads."""
+        """Everything that changes during training: trainable weights, the target heads and the
+        parameter average."""
         named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         named.update({f"targets.{n}": p for n, p in self.model.targets.named_parameters()})
+        named.update({f"average.{n}": a for n, a in self.average.items()})
         return {n: p.detach().cpu().clone() for n, p in named.items()}
 
     def save(self, url: str | Path) -> None:
@@ -216,6 +248,7 @@ class Learner:
         tensors = load(fs.cat_file(f"{d}/model.safetensors"))
         own = dict(self.model.named_parameters())
         own.update({f"targets.{n}": p for n, p in self.model.targets.named_parameters()})
+        own.update({f"average.{n}": a for n, a in self.average.items()})
         missing = set(self.state_tensors()) - set(tensors)
         if missing:
             raise ValueError(f"{url}: checkpoint lacks {sorted(missing)[:5]} (a different model config?)")

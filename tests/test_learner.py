@@ -142,7 +142,7 @@ def test_resume_continues_exactly(model_cfg, turns, tmp_path, storage):
     """A checkpoint written to a folder, or to any fsspec URL (here the in-memory store, as an object
     store would be), resumes to the same bits."""
     batches = [turns[i * 8 : (i + 1) * 8] for i in range(4)]
-    kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, lr_decay_steps=4, tau=0.2)
+    kw = dict(lr=1e-2, critic_lr=1e-2, warmup_steps=3, lr_decay_steps=4, tau=0.2, param_average=0.3)
     straight = make_learner(model_cfg, **kw)
     ref = [straight.step(b) for b in batches]
     first = make_learner(model_cfg, **kw)
@@ -158,6 +158,36 @@ def test_resume_continues_exactly(model_cfg, turns, tmp_path, storage):
         assert a == b  # every metric, bit for bit
     s, r = straight.state_tensors(), resumed.state_tensors()
     assert s.keys() == r.keys() and all(torch.equal(s[k], r[k]) for k in s)
+
+
+def test_parameter_average_is_the_running_lerp_and_what_samplers_get(model_cfg, turns):
+    """avg_k = (1 - r) avg_{k-1} + r theta_k from the init: after two updates at r = 0.5 it is
+    theta_0 / 4 + theta_1 / 4 + theta_2 / 2. Inside `averaged()` the model holds it, and the exported
+    policy's log-probs are its; training continues from the live weights."""
+    learner = make_learner(model_cfg, lr=5e-2, critic_lr=5e-2, param_average=0.5)
+    names = [n for n, p in learner.model.named_parameters() if p.requires_grad]
+    lora, head = next(n for n in names if "lora_B" in n), next(n for n in names if n.startswith("critics."))
+    snap = lambda: {n: p.detach().clone() for n, p in learner.model.named_parameters() if n in (lora, head)}  # noqa: E731
+    thetas = [snap()]
+    for i in range(2):
+        learner.step(turns[i * 8 : (i + 1) * 8])
+        thetas.append(snap())
+    for n in (lora, head):
+        want = thetas[0][n] / 4 + thetas[1][n] / 4 + thetas[2][n] / 2
+        assert torch.allclose(learner.average[n], want, atol=1e-7)
+        assert not torch.allclose(learner.average[n], thetas[2][n])
+    t = turns[3]
+    gen = learner.processor.tokenizer(t.action_text, add_special_tokens=False)["input_ids"]
+    served = learner.reference_logprobs(t.messages, t.images, gen)
+    own = dict(learner.model.named_parameters())
+    with learner.averaged():
+        assert torch.equal(own[lora], learner.average[lora])
+    assert torch.equal(own[lora], thetas[2][lora])  # the live weights are back
+    live = dataclasses.replace(learner.cfg, param_average=0.0)
+    learner.average, learner.cfg = {}, live  # the same model read without the average
+    assert (
+        max(abs(a - b) for a, b in zip(served, learner.reference_logprobs(t.messages, t.images, gen))) > 1e-4
+    )
 
 
 @pytest.mark.slow

@@ -99,6 +99,10 @@ class LearnerConfig:
     value: Literal["policy", "expectile"] = "expectile"
     expectile: float = 0.5  # 0.5: V is the data's mean value (evaluation); toward 1: its best actions
     tau: float = 0.01  # Polyak rate of the target critic heads
+    # > 0: a running average of every trained parameter (LoRA, critic and value heads) at this rate
+    # per update, and the samplers are served the average (Polyak-Ruppert). The tiny model's last
+    # updates move its Q by ~0.3 from run to run; the average removes that (docs/learner.md).
+    param_average: float = 0.0
     critic_coef: float = 1.0
     reward_scale: float = 1.0  # the replay stores raw rewards; the learner scales them
     # Lowest and highest raw reward of one turn, syntax penalty included. They set the units:
@@ -403,7 +407,8 @@ def validate_learner(cfg: LearnerConfig) -> None:
     _ranges(
         cfg, "learner", lr="> 0", critic_lr="> 0", weight_decay=">= 0", batch_size=">= 1", num_workers=">= 1",
         grad_clip="> 0", warmup_steps=">= 0", lr_decay_steps=">= 0", lr_final_ratio="in [0, 1]",
-        gamma="in [0, 1)", td_lambda="in [0, 1]", expectile="in (0, 1)", tau="in [0, 1]", critic_coef=">= 0",
+        gamma="in [0, 1)", td_lambda="in [0, 1]", expectile="in (0, 1)", tau="in [0, 1]", param_average="in [0, 1)",
+        critic_coef=">= 0",
         reward_scale="> 0", sft_warmup_steps=">= 0", beta=">= 0", w_max="> 0", offline_steps=">= 0",
         online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
         max_restarts=">= 0", num_gpus=">= -1",
