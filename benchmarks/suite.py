@@ -10,7 +10,7 @@ on held-out seeds. Every run is the real job, `vlmq train --config configs/<env>
 
 The dataset is collected once per env (`vlmq data collect --config`) and every run loads it
 (`data.path`). A seed is the learner's and the replay's (init of LoRA and heads, batch draws); model
-and data stay. MiniWoB is a set of click tasks (MINIWOB_TASKS below), one dataset and run per task; its
+and data stay. MiniWoB is a set of click tasks (CLICK_SET below), one dataset and run per task; its
 method rows are the median over the tasks per seed, and each task's own rows are kept under "tasks".
 
     .venv/bin/python benchmarks/suite.py --envs blackjack [--seeds 0 1 2] [--set learner.offline_steps=700]
@@ -41,7 +41,7 @@ log = logging.getLogger("suite")
 ENVS = ("numberline", "blackjack", "ezpoints", "points24", "babyai", "miniwob")
 # Click tasks the oracle solves every time (benchmarks/results/envs.json), so the data can hold
 # successes; the config trains the first, the suite all of them.
-MINIWOB_TASKS = ("click-button", "click-link", "click-dialog", "click-tab", "click-test-2", "click-option")
+CLICK_SET = ("click-button", "click-link", "click-dialog", "click-tab", "click-test-2", "click-option")
 METHODS = {
     "sft_plain": ["learner.filter=none", "learner.critic_coef=0", "learner.online_steps=0"],
     "sft": ["learner.filter=none", "learner.online_steps=0"],
@@ -119,17 +119,12 @@ def main() -> None:
         t0 = time.time()
         for seed in args.seeds:
             if env == "miniwob":
-                tasks = {
-                    t: run_task(env, f"miniwob:{t}", seed, args.set, Path(args.root)) for t in MINIWOB_TASKS
-                }
+                tasks = {t: run_task(env, f"miniwob:{t}", seed, args.set, Path(args.root)) for t in CLICK_SET}
                 for t, cells in tasks.items():
                     merge(entry.setdefault("tasks", {}).setdefault(t, {}), seed, cells)
                 cells = {
-                    m: {
-                        k: statistics.median(c[m][k] for c in tasks.values())
-                        for k in tasks[MINIWOB_TASKS[0]][m]
-                    }
-                    for m in tasks[MINIWOB_TASKS[0]]
+                    m: {k: statistics.median(c[m][k] for c in tasks.values()) for k in tasks[CLICK_SET[0]][m]}
+                    for m in tasks[CLICK_SET[0]]
                 }
             else:
                 cells = run_task(env, None, seed, args.set, Path(args.root))
