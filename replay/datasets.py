@@ -7,7 +7,8 @@ so a missing file is noticed). It loads with plain pyarrow and with
 with `ReplayClient.load_offline(DIR)`.
 
 Scripted data (random, expert, epsilon, malformed policies) has `policy_version = -1`, no token
-ids and no log-probs: no model produced it, so the learner tokenizes `action_text` itself.
+ids and no log-probs: no model produced it, so the learner tokenizes `action_text` itself. Data of
+the base model (`data.policy: model`) is version 0 and carries the sampler's ids and log-probs.
 """
 
 from __future__ import annotations

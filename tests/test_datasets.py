@@ -157,3 +157,54 @@ def test_training_on_a_dataset_of_another_env_config_is_refused_naming_the_field
     )
     assert not any(tmp_path.iterdir())  # refused before the run folder exists
     assert info(dataset)["turns"] > 0  # the dataset is untouched
+
+
+@pytest.mark.slow
+def test_collect_with_the_model_keeps_the_samplers_ids_and_logprobs(ray_local, tiny_vlm_dir, tmp_path):
+    """`--policy model`: the base model plays through a Sampler actor, and its turns are trainable
+    token-in, token-out: the learner's batch re-encodes each stored prompt to the sampler's prompt ids
+    (build_batch raises otherwise) and its action tokens are the generated ids."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from learner.batch import build_batch
+    from learner.processing import load_processor
+    from vlmq.config import LearnerConfig
+
+    out = tmp_path / "model-data"
+    main(
+        ["data", "collect", "--env", "numberline", "--policy", "model", "--model", str(tiny_vlm_dir)]
+        + ["--backend", "hf", "--temperature", "1.0", "--episodes", "4", "--out", str(out), "env.max_steps=3"]
+    )
+    meta = json.load(open(out / "meta.json"))
+    assert (meta["policy"], meta["policy_version"], meta["model"]) == ("model", 0, str(tiny_vlm_dir))
+    assert (meta["backend"], meta["temperature"]) == ("hf", 1.0)
+    shard = Shard(f"memory://{tmp_path.name}", ReplayConfig())
+    n = shard.load_offline(str(out))
+    assert n == info(str(out))["turns"] and info(str(out))["episodes"] == 4
+    turns = shard.sample(n, 1.0, seed=0)
+    shard.close()
+    for t in turns:
+        assert t.policy_version == 0 and t.prompt_ids and t.gen_ids
+        assert len(t.logprobs) == len(t.gen_ids) and all(lp <= 0 for lp in t.logprobs)
+    batch = build_batch(turns, load_processor(str(tiny_vlm_dir)), LearnerConfig())
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        s = batch.seqs
+        logits = model(input_ids=s.input_ids, attention_mask=s.attention_mask, **s.images).logits
+    lp = torch.log_softmax(logits.float(), -1)
+    for b, t in enumerate(turns):
+        k = len(t.gen_ids)
+        assert batch.actions[b, :k].tolist() == t.gen_ids
+        ref = lp[b, batch.positions[b, :k]].gather(-1, batch.actions[b, :k, None]).squeeze(-1)
+        np.testing.assert_allclose(
+            t.logprobs, ref.numpy(), atol=1e-4
+        )  # behaviour log-probs of the base model
+
+
+def test_collect_with_the_model_needs_a_model_backend(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "collect", "--env", "numberline", "--policy", "model", "--out", str(tmp_path / "d")]
+             + ["sampler.backend=scripted"])  # fmt: skip
+    assert exit_.value.code == 2 and "data.policy model" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

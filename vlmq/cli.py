@@ -60,6 +60,9 @@ def _data_collect(args: argparse.Namespace) -> None:
         "data.policy": args.policy,
         "data.episodes": args.episodes,
         "data.seed": args.seed,
+        "model.path": args.model,
+        "sampler.temperature": args.temperature,
+        "sampler.backend": args.backend,
     }
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
     summary = collect(_load_config(args.config, overrides), args.out, workers=args.workers)
@@ -200,10 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     smol.set_defaults(func=_model_smollm2)
 
     d = sub.add_parser("data", help="datasets of turns").add_subparsers(dest="data_cmd", required=True)
-    c = d.add_parser("collect", help="collect a dataset with a scripted policy, through the env runner")
+    c = d.add_parser(
+        "collect", help="collect a dataset with a scripted policy or a model, through the env runner"
+    )
     c.add_argument("--config", help="a run's YAML: its env section (history, syntax_penalty, ...) is played")
     c.add_argument("--env", help="env id (default: the config's env.id)")
-    c.add_argument("--policy", help="random | expert | epsilon:<p> | malformed:<p> (default: data.policy)")
+    c.add_argument(
+        "--policy", help="random | expert | epsilon:<p>[:<m>] | malformed:<p> | model (default: data.policy)"
+    )
+    c.add_argument("--model", help="with --policy model: the model folder that plays (default: model.path)")
+    c.add_argument("--temperature", type=float, help="with --policy model (default: sampler.temperature)")
+    c.add_argument("--backend", choices=["vllm", "hf"], help="with --policy model (default: sampler.backend)")
     c.add_argument("--episodes", type=int, help="default: data.episodes")
     c.add_argument("--out", required=True)
     c.add_argument("--workers", type=int, default=2)

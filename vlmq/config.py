@@ -175,6 +175,8 @@ class RunnerConfig:
 @dataclass
 class DataConfig:
     path: str = ""  # an existing dataset folder; empty: collect one
+    # a scripted policy (random | expert | epsilon:<p>[:<m>] | malformed:<p>), or `model`: the base
+    # model at model.path, served by the run's sampler (sampler.backend, sampler.temperature)
     policy: str = "random"
     episodes: int = 2000
     seed: int = 0
@@ -443,7 +445,8 @@ def validate_runner(cfg: RunnerConfig) -> None:
 
 def validate_data(cfg: DataConfig) -> None:
     _ranges(cfg, "data", episodes=">= 1")
-    parse_policy(cfg.policy, "data.policy")
+    if cfg.policy != "model":
+        parse_policy(cfg.policy, "data.policy")
 
 
 def validate_eval(cfg: EvalConfig) -> None:
@@ -461,6 +464,11 @@ def validate(cfg: RunConfig) -> None:
     validate_sampler(cfg.sampler)
     validate_runner(cfg.runner)
     validate_data(cfg.data)
+    if cfg.data.policy == "model" and cfg.sampler.backend == "scripted":
+        raise ConfigError(
+            "data.policy model collects with the model at model.path, but sampler.backend is scripted "
+            "(no model); set sampler.backend=hf or vllm"
+        )
     validate_eval(cfg.eval)
     lo, hi = cfg.learner.reward_range
     if not lo <= cfg.env.syntax_penalty <= hi:
