@@ -53,8 +53,22 @@ def suppressed_ids(tokenizer, eos_id: int) -> list[int]:
 
 
 def chat_text(processor, messages: list[dict]) -> str:
-    """The prompt as text: the chat template with the assistant's generation prompt appended."""
+    """The prompt as text: the chat template with the assistant's generation prompt appended.
+
+    A text-only model's processor is its tokenizer, and a pretrained LM's template (SmolLM2's ChatML)
+    takes a message's content as one string, so the envs' text parts are joined for it; a model that
+    reads no images is never given one."""
+    if not hasattr(processor, "tokenizer"):
+        messages = [{**m, "content": _text_content(m["content"])} for m in messages]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _text_content(content: str | list[dict]) -> str:
+    if isinstance(content, str):
+        return content
+    if any(part.get("type") != "text" for part in content):
+        raise ValueError("a text-only model got a message with an image part; use env.obs_mode=text")
+    return "".join(part["text"] for part in content)
 
 
 def encode_prompt(processor, messages: list[dict], images: list[np.ndarray] | None = None) -> dict[str, Any]:

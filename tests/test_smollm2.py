@@ -67,3 +67,27 @@ def test_vllm_cpu_serves_the_converted_folder_with_transformers_log_probs(conver
         assert max(abs(a - b) for a, b in zip(c.logprobs, logp.tolist(), strict=True)) <= 1e-3
     finally:
         backend.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["numberline", "blackjack", "ezpoints", "babyai:GoToLocal"])
+def test_env_prompts_render_in_smollm2s_own_chat_template(converted, env_id):
+    """A pretrained LM's template takes a message's content as one string: the env's text parts are
+    joined for it, so the instructions and the syntax example sit inside its user turn."""
+    import envs
+    from learner.processing import chat_text, encode_prompt, load_processor
+
+    tok = load_processor(str(converted), text_only=True)
+    env = envs.make_env(env_id, obs_mode="text")
+    obs, _ = env.reset(seed=3)
+    messages, images = env.prompt(obs)
+    text = chat_text(tok, messages)
+    (part,) = messages[0]["content"]
+    assert text.startswith("<|im_start|>system\n")  # SmolLM2's default system turn
+    assert f"<|im_start|>user\n{part['text']}<|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n") and '"action"' in part["text"]
+    assert (
+        encode_prompt(tok, messages, images)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    )
+    with pytest.raises(ValueError, match="obs_mode=text"):
+        chat_text(tok, [{"role": "user", "content": [{"type": "image"}, part]}])
