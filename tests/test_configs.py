@@ -23,11 +23,14 @@ def test_every_env_of_the_suite_has_a_config():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_runs_smoke_sized(path, ray_local, tiny_vlm_dir, tmp_path):
+def test_config_runs_smoke_sized(path, ray_local, tiny_vlm_dir, tiny_text_dir, tmp_path):
+    """A pretrained model's config (text_only) runs on the tiny text model: its own model is tested in
+    tests/test_smollm2.py; here the config's wiring is (its data policy, env, phases)."""
     cfg = load_config(path)
+    model = tiny_text_dir if cfg.model.text_only else tiny_vlm_dir
     episodes = 2 if cfg.env.id.startswith("miniwob") else 8  # a browser page resets in ~1.7 s
     main(
-        ["train", "--config", str(path), f"out_dir={tmp_path}", f"model.path={tiny_vlm_dir}",
+        ["train", "--config", str(path), f"out_dir={tmp_path}", f"model.path={model}",
          f"data.episodes={episodes}", "learner.batch_size=4", "learner.offline_steps=2",
          "learner.online_steps=1", "learner.lr_decay_steps=0", "learner.sft_warmup_steps=1",
          "learner.checkpoint_every=2", "learner.publish_every=1", "learner.max_updates_per_turn=0.5",

@@ -97,8 +97,9 @@ def _train(args: argparse.Namespace) -> None:
     if not cfg.model.build_tiny:
         _need(
             cfg.model.path,
-            f"model.path {cfg.model.path} does not exist; point it at a saved model folder, build the tiny "
-            f"model there (vlmq model tiny --out {cfg.model.path}) or set model.build_tiny=true",
+            f"model.path {cfg.model.path} does not exist; point it at a saved model folder, build one there "
+            f"(vlmq model tiny --out {cfg.model.path}, or vlmq model smollm2 --out {cfg.model.path}) or set "
+            "model.build_tiny=true",
         )
     if cfg.data.path:
         _need(
