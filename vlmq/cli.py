@@ -42,6 +42,12 @@ def _model_smollm2(args: argparse.Namespace) -> None:
     convert_smollm2(args.out)
 
 
+def _model_smolvlm(args: argparse.Namespace) -> None:
+    from vlmq.smollm2 import build_smolvlm
+
+    build_smolvlm(args.out, seed=args.seed)
+
+
 def _model_tiny(args: argparse.Namespace) -> None:
     from vlmq.tiny_model import build_tiny_model
 
@@ -202,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smol.add_argument("--out", required=True)
     smol.set_defaults(func=_model_smollm2)
+    vlm = m.add_parser(
+        "smolvlm",
+        help="an Idefics3 (SmolVLM) model on SmolLM2's pretrained LM, vision tower random-initialised",
+    )
+    vlm.add_argument("--out", required=True)
+    vlm.add_argument("--seed", type=int, default=0, help="the vision tower's and connector's init")
+    vlm.set_defaults(func=_model_smolvlm)
 
     d = sub.add_parser("data", help="datasets of turns").add_subparsers(dest="data_cmd", required=True)
     c = d.add_parser(

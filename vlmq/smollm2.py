@@ -65,3 +65,106 @@ def convert_smollm2(out: str | Path) -> Path:
     tokenizer.save_pretrained(out)
     log.info("SmolLM2-135M-Instruct (%d parameters) written to %s", plain.num_parameters(), out)
     return out
+
+
+# ChatML as SmolLM2 writes it (its default system turn included), with image parts: `{"type": "image"}`
+# becomes <image>, which the Idefics3 processor expands to the image's tokens.
+SMOLVLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
+    """An Idefics3 (SmolVLM) model whose language model is SmolLM2-135M-Instruct's pretrained weights,
+    as in SmolVLM-256M, with a tiny random-initialised vision tower and connector (no pretrained
+    SmolVLM vision weights can be had here): the image path runs end to end with a real LM, but the
+    images carry no learned features, so a run reads the state in words (`obs_mode: both`).
+
+    The tokenizer is SmolLM2's plus Idefics3's three image tokens and its end-of-utterance token (unused:
+    SmolLM2's <|im_end|> stays the EOS); their embedding rows are new
+    (the mean of the others), every other row and the LM head are SmolLM2's, untied (a copy)."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+    )
+
+    from vlmq.tiny_model import (
+        EOS as END_OF_UTTERANCE,
+    )
+    from vlmq.tiny_model import (
+        FAKE_IMAGE,
+        GLOBAL_IMAGE,
+        IMAGE,
+        IMAGE_SEQ_LEN,
+        IMAGE_SIZE,
+        PATCH_SIZE,
+        SCALE_FACTOR,
+    )
+
+    out = Path(out)
+    if out.is_file():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder for the model's files")
+    lm, tokenizer = load_gguf()
+    # Idefics3Processor adds <end_of_utterance> itself on load, so it is added here, inside the model vocabulary
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [FAKE_IMAGE, IMAGE, GLOBAL_IMAGE, END_OF_UTTERANCE]}
+    )
+    text = copy.deepcopy(lm.config)
+    del text.quantization_config
+    text.vocab_size, text.tie_word_embeddings = len(tokenizer), False
+    vision = Idefics3VisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+    )  # fmt: skip
+    config = Idefics3Config(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        scale_factor=SCALE_FACTOR,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).to(torch.float32)
+    emb = lm.get_input_embeddings().weight.detach()
+    new = emb.mean(0, keepdim=True).expand(len(tokenizer) - emb.shape[0], -1)
+    with torch.no_grad():
+        state = {k.removeprefix("model."): v for k, v in lm.state_dict().items() if k.startswith("model.")}
+        state["embed_tokens.weight"] = torch.cat([emb, new])
+        model.model.text_model.load_state_dict(state)  # strict: every LM tensor has its place
+        model.lm_head.weight.copy_(torch.cat([lm.lm_head.weight.detach(), new]))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )  # fmt: skip
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    log.info(
+        "SmolVLM-style model (%d parameters, SmolLM2 language model) written to %s",
+        model.num_parameters(),
+        out,
+    )
+    return out
