@@ -100,8 +100,8 @@ class LearnerConfig:
     expectile: float = 0.5  # 0.5: V is the data's mean value (evaluation); toward 1: its best actions
     tau: float = 0.01  # Polyak rate of the target critic heads
     # > 0: a running average of every trained parameter (LoRA, critic and value heads) at this rate
-    # per update, and the samplers are served the average (Polyak-Ruppert). On NumberLine seed 0 it
-    # took the critic's Spearman against exact Q^pi from 0.96 to 0.99 (benchmarks/results/critic_ablation).
+    # per update, and the samplers are served the average (Polyak-Ruppert). Against exact Q^pi on
+    # NumberLine it took seed 0's Spearman from 0.96 to 0.99, seeds 1 and 2 stayed (0.90, 0.96; critic_ablation/)
     param_average: float = 0.0
     critic_coef: float = 1.0
     reward_scale: float = 1.0  # the replay stores raw rewards; the learner scales them
