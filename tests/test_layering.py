@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     METRICS: set(),
     "envs": {FLOOR},
     "vlmq.tiny_model": {FLOOR, "envs"},
-    "vlmq.smollm2": set(),  # SmolLM2 from its GGUF: transformers only
+    "vlmq.smollm2": {"vlmq.tiny_model"},  # SmolVLM shares the tiny VLM's image tokens
     "vlmq.local_cluster": set(),  # `ray start` processes for tests and benchmarks: Ray only
     "vlmq.nodes": set(),  # which node sees which path: Ray and fsspec only
     "replay": {FLOOR, "vlmq.nodes"},  # storage only: turns, shards, datasets; never an env
