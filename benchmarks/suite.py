@@ -14,6 +14,7 @@ and data stay. MiniWoB is a set of click tasks (CLICK_SET below), one dataset an
 method rows are the median over the tasks per seed, and each task's own rows are kept under "tasks".
 
     .venv/bin/python benchmarks/suite.py --envs blackjack [--seeds 0 1 2] [--set learner.offline_steps=700]
+    .venv/bin/python benchmarks/suite.py --table   # the results file as the docs' table
 
 A run replaces the (env, seed) cells it measures in benchmarks/results/suite.json and keeps the others,
 so the table fills one env and one seed at a time. Wall time is recorded per cell; afsft's is the run
@@ -101,6 +102,28 @@ def merge(entry: dict, seed: int, cells: dict) -> None:
     entry["seeds"] = seeds
 
 
+ROWS = {"dataset": "the dataset", "sft_plain": "SFT, no critic (sft_plain)", "sft": "SFT (filter none)",
+        "afsft": "AFSFT offline", "afsft_online": "AFSFT offline, then online"}  # fmt: skip
+
+
+def table(out: dict) -> str:
+    """suite.json as the paper lays its tables out: a row per method, a column per env, each cell the
+    mean greedy success over the seeds run (syntax accuracy in brackets) and the seed count."""
+    envs = [e for e in ENVS if e in out["envs"]]
+    lines = ["| method | " + " | ".join(envs) + " |", "|---|" + "---|" * len(envs)]
+    for method, name in ROWS.items():
+        cells = []
+        for e in envs:
+            row = out["envs"][e].get(method)
+            if not row:
+                cells.append("")
+                continue
+            s, y = statistics.mean(row["success"]), statistics.mean(row["syntax"])
+            cells.append(f"{s:.2f} ({y:.2f}), {len(row['success'])} seed{'s' * (len(row['success']) > 1)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser()
@@ -109,9 +132,15 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run, e.g. data.episodes=500")
     ap.add_argument("--root", default=str(REPO / "runs" / "suite"), help="where datasets and runs go")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--table", action="store_true", help="print the results file as a markdown table; run nothing"
+    )
     args = ap.parse_args()
     out_path = Path(args.out)
     out = json.loads(out_path.read_text()) if out_path.exists() else {"gamma": None, "envs": {}}
+    if args.table:
+        print(table(out))
+        return
     for env in args.envs:
         cfg = load_config(REPO / "configs" / f"{env}.yaml", args.set)
         out["gamma"] = cfg.learner.gamma
