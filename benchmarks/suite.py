@@ -58,7 +58,9 @@ def vlmq(*args: str) -> float:
     return time.time() - t0
 
 
-def run_task(env: str, task_id: str | None, seed: int, sets: list[str], root: Path) -> dict:
+def run_task(
+    env: str, task_id: str | None, seed: int, sets: list[str], root: Path, methods: list[str]
+) -> dict:
     """The dataset (collected once) and every method on it for one seed: {method: {success, syntax,
     wall_s}} plus {"dataset": {success, syntax}}."""
     config = str(REPO / "configs" / f"{env}.yaml")
@@ -69,7 +71,8 @@ def run_task(env: str, task_id: str | None, seed: int, sets: list[str], root: Pa
         vlmq("data", "collect", "--config", config, "--out", str(data), *sets)
     d = info(str(data))
     cells: dict = {"dataset": {"success": d["success_rate"], "syntax": 1 - d["syntax_error_rate"]}}
-    for method, extra in METHODS.items():
+    for method in methods:
+        extra = METHODS[method]
         run = f"{name}-{method}-s{seed}"
         wall = vlmq(
             "train", "--config", config, f"out_dir={root}", f"name={run}", f"data.path={data}",
@@ -129,6 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                    help="a subset, for an ablation (afsft_online also gives afsft)")  # fmt: skip
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run, e.g. data.episodes=500")
     ap.add_argument("--root", default=str(REPO / "runs" / "suite"), help="where datasets and runs go")
     ap.add_argument("--out", default=str(OUT))
@@ -148,7 +153,10 @@ def main() -> None:
         t0 = time.time()
         for seed in args.seeds:
             if env == "miniwob":
-                tasks = {t: run_task(env, f"miniwob:{t}", seed, args.set, Path(args.root)) for t in CLICK_SET}
+                tasks = {
+                    t: run_task(env, f"miniwob:{t}", seed, args.set, Path(args.root), args.methods)
+                    for t in CLICK_SET
+                }
                 for t, cells in tasks.items():
                     merge(entry.setdefault("tasks", {}).setdefault(t, {}), seed, cells)
                 cells = {
@@ -156,7 +164,7 @@ def main() -> None:
                     for m in tasks[CLICK_SET[0]]
                 }
             else:
-                cells = run_task(env, None, seed, args.set, Path(args.root))
+                cells = run_task(env, None, seed, args.set, Path(args.root), args.methods)
             merge(entry, seed, cells)
             entry["overrides"] = args.set
             entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - t0, 1)
