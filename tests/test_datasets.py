@@ -164,12 +164,7 @@ def test_collect_with_the_model_keeps_the_samplers_ids_and_logprobs(ray_local, t
     """`--policy model`: the base model plays through a Sampler actor, and its turns are trainable
     token-in, token-out: the learner's batch re-encodes each stored prompt to the sampler's prompt ids
     (build_batch raises otherwise) and its action tokens are the generated ids."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    from learner.batch import build_batch
-    from learner.processing import load_processor
-    from vlmq.config import LearnerConfig
+    from tests.test_sampler import assert_trains_token_for_token
 
     out = tmp_path / "model-data"
     main(
@@ -187,19 +182,7 @@ def test_collect_with_the_model_keeps_the_samplers_ids_and_logprobs(ray_local, t
     for t in turns:
         assert t.policy_version == 0 and t.prompt_ids and t.gen_ids
         assert len(t.logprobs) == len(t.gen_ids) and all(lp <= 0 for lp in t.logprobs)
-    batch = build_batch(turns, load_processor(str(tiny_vlm_dir)), LearnerConfig())
-    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        s = batch.seqs
-        logits = model(input_ids=s.input_ids, attention_mask=s.attention_mask, **s.images).logits
-    lp = torch.log_softmax(logits.float(), -1)
-    for b, t in enumerate(turns):
-        k = len(t.gen_ids)
-        assert batch.actions[b, :k].tolist() == t.gen_ids
-        ref = lp[b, batch.positions[b, :k]].gather(-1, batch.actions[b, :k, None]).squeeze(-1)
-        np.testing.assert_allclose(
-            t.logprobs, ref.numpy(), atol=1e-4
-        )  # behaviour log-probs of the base model
+    assert_trains_token_for_token(turns, tiny_vlm_dir)
 
 
 def test_collect_with_the_model_needs_a_model_backend(tmp_path, capsys):

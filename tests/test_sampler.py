@@ -129,12 +129,30 @@ def hf(tiny_vlm_dir):
     return HFBackend(str(tiny_vlm_dir), seed=0)
 
 
-@pytest.mark.slow
-def test_hf_backend_ids_and_logprobs_match_the_learners_batch(hf, tiny_vlm_dir):
+def assert_trains_token_for_token(turns, model_dir) -> None:
+    """build_batch re-encodes each stored prompt and raises if the sampler's prompt_ids differ
+    (token-in, token-out); its action tokens are the generated ids, and the model's log-probs at them
+    are the stored behaviour log-probs."""
     from transformers import AutoModelForImageTextToText
 
     from learner.batch import build_batch
     from learner.processing import load_processor
+
+    batch = build_batch(turns, load_processor(str(model_dir)), LearnerConfig())
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        s = batch.seqs
+        logits = model(input_ids=s.input_ids, attention_mask=s.attention_mask, **s.images).logits
+    lp = torch.log_softmax(logits.float(), -1)
+    for b, t in enumerate(turns):
+        n = len(t.gen_ids)
+        assert batch.actions[b, :n].tolist() == list(t.gen_ids)
+        ref = lp[b, batch.positions[b, :n]].gather(-1, batch.actions[b, :n, None]).squeeze(-1)
+        np.testing.assert_allclose(t.logprobs, ref.numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_hf_backend_ids_and_logprobs_match_the_learners_batch(hf, tiny_vlm_dir):
     from replay.turn import Turn
 
     reqs = [
@@ -153,18 +171,7 @@ def test_hf_backend_ids_and_logprobs_match_the_learners_batch(hf, tiny_vlm_dir):
              action_text=c.text, logprobs=c.logprobs, terminated=True)
         for i, (r, c) in enumerate(zip(reqs, comps))
     ]  # fmt: skip
-    # build_batch re-encodes each prompt and raises if the sampler's prompt_ids differ (token-in, token-out)
-    batch = build_batch(turns, load_processor(str(tiny_vlm_dir)), LearnerConfig())
-    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        s = batch.seqs
-        logits = model(input_ids=s.input_ids, attention_mask=s.attention_mask, **s.images).logits
-    lp = torch.log_softmax(logits.float(), -1)
-    for b, c in enumerate(comps):
-        n = len(c.gen_ids)
-        assert batch.actions[b, :n].tolist() == c.gen_ids
-        ref = lp[b, batch.positions[b, :n]].gather(-1, batch.actions[b, :n, None]).squeeze(-1)
-        np.testing.assert_allclose(c.logprobs, ref.numpy(), atol=1e-4)
+    assert_trains_token_for_token(turns, tiny_vlm_dir)
     # greedy is deterministic
     again = hf.generate([reqs[2]], 0)[0]
     assert again.gen_ids == comps[2].gen_ids

@@ -67,23 +67,7 @@ def convert_smollm2(out: str | Path) -> Path:
     return out
 
 
-# ChatML as SmolLM2 writes it (its default system turn included), with image parts: `{"type": "image"}`
-# becomes <image>, which the Idefics3 processor expands to the image's tokens.
-SMOLVLM_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its default turn
 
 
 def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
@@ -115,6 +99,7 @@ def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
         IMAGE_SIZE,
         PATCH_SIZE,
         SCALE_FACTOR,
+        chat_template,
     )
 
     out = Path(out)
@@ -158,7 +143,7 @@ def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
     )
     processor = Idefics3Processor(
         image_processor=image_processor, tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN,
-        chat_template=SMOLVLM_CHAT_TEMPLATE,
+        chat_template=chat_template("<|im_end|>", SMOLLM2_SYSTEM),
     )  # fmt: skip
     model.save_pretrained(out)
     processor.save_pretrained(out)

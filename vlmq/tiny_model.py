@@ -28,19 +28,31 @@ PATCH_SIZE = 8
 SCALE_FACTOR = 2  # Idefics3 pixel shuffle: (64/8)^2 / 2^2 = 16 image tokens per image
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2
 
-# `{"type": "image"}` content entries become <image>, which the processor expands to the image's tokens.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<end_of_utterance>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+
+def chat_template(end_of_turn: str, system: str = "") -> str:
+    """ChatML with image parts: `{"type": "image"}` content entries become <image>, which the Idefics3
+    processor expands to the image's tokens; `system`, if given, is the default first turn."""
+    default = (
+        "{% if loop.first and messages[0]['role'] != 'system' %}"
+        f"{{{{ '<|im_start|>system\n{system}{end_of_turn}\n' }}}}"
+        "{% endif %}"
+    )
+    return (
+        "{% for message in messages %}"
+        + (default if system else "")
+        + "{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ '<image>' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        f"{{{{ '{end_of_turn}\n' }}}}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template(EOS)
 
 
 def _train_tokenizer():
