@@ -99,9 +99,10 @@ def _play_scripted(cfg: RunConfig, writer: DatasetWriter, tag: str, workers: int
     return lost
 
 
-def play_model(cfg: RunConfig, writer: DatasetWriter, tag: str) -> dict:
-    """`data.episodes` episodes of the base model, served by Sampler actors and played by one runner in
-    this process, written segment by segment as they finish; the runner's stats."""
+def _play_model(cfg: RunConfig, writer: DatasetWriter, tag: str, workers: int) -> dict:
+    """`data.episodes` episodes of the base model, served by `sampler.num_samplers` Sampler actors (not
+    `workers`: one engine serves many envs) and played by one runner in this process, written segment
+    by segment as they finish; the episodes lost to env crashes."""
     from actors.placement import start_samplers
 
     cfg = dataclasses.replace(cfg, runner=dataclasses.replace(cfg.runner, num_runners=1, epsilon=0.0))
@@ -118,7 +119,7 @@ def play_model(cfg: RunConfig, writer: DatasetWriter, tag: str) -> dict:
             sink.clear()
         for slot in runner.slots:
             slot.env.close()
-        return stats
+        return {k: stats[k] for k in ("crashes", "dropped_turns")}
     finally:
         for s in samplers:
             ray.kill(s)
@@ -140,11 +141,8 @@ def collect(cfg: RunConfig, out: str, workers: int = 2) -> dict:
     try:
         key = f"{cfg.env.id}|{d.policy}|{cfg.env.obs_mode}|{d.seed}"
         tag = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
-        if d.policy == "model":
-            stats = play_model(cfg, writer, tag)
-            lost = {k: stats[k] for k in ("crashes", "dropped_turns")}
-        else:
-            lost = _play_scripted(cfg, writer, tag, workers)
+        record = _play_model if d.policy == "model" else _play_scripted
+        lost = record(cfg, writer, tag, workers)
     finally:
         if started:
             ray.shutdown()

@@ -80,26 +80,18 @@ def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
     SmolLM2's <|im_end|> stays the EOS); their embedding rows are new
     (the mean of the others), every other row and the LM head are SmolLM2's, untied (a copy)."""
     import torch
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-        Idefics3VisionConfig,
-    )
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3VisionConfig
 
     from vlmq.tiny_model import (
-        EOS as END_OF_UTTERANCE,
-    )
-    from vlmq.tiny_model import (
+        EOS,
         FAKE_IMAGE,
         GLOBAL_IMAGE,
         IMAGE,
-        IMAGE_SEQ_LEN,
         IMAGE_SIZE,
         PATCH_SIZE,
         SCALE_FACTOR,
         chat_template,
+        idefics3_processor,
     )
 
     out = Path(out)
@@ -107,9 +99,7 @@ def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
         raise NotADirectoryError(f"--out {out} is a file; give a folder for the model's files")
     lm, tokenizer = load_gguf()
     # Idefics3Processor adds <end_of_utterance> itself on load, so it is added here, inside the model vocabulary
-    tokenizer.add_special_tokens(
-        {"additional_special_tokens": [FAKE_IMAGE, IMAGE, GLOBAL_IMAGE, END_OF_UTTERANCE]}
-    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [FAKE_IMAGE, IMAGE, GLOBAL_IMAGE, EOS]})
     text = copy.deepcopy(lm.config)
     del text.quantization_config
     text.vocab_size, text.tie_word_embeddings = len(tokenizer), False
@@ -136,15 +126,7 @@ def build_smolvlm(out: str | Path, seed: int = 0) -> Path:
         model.lm_head.weight.copy_(torch.cat([lm.lm_head.weight.detach(), new]))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False,
-        size={"longest_edge": IMAGE_SIZE},
-        max_image_size={"longest_edge": IMAGE_SIZE},
-    )
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN,
-        chat_template=chat_template("<|im_end|>", SMOLLM2_SYSTEM),
-    )  # fmt: skip
+    processor = idefics3_processor(tokenizer, chat_template("<|im_end|>", SMOLLM2_SYSTEM))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info(

@@ -55,6 +55,23 @@ def chat_template(end_of_turn: str, system: str = "") -> str:
 CHAT_TEMPLATE = chat_template(EOS)
 
 
+def idefics3_processor(tokenizer, template: str):
+    """The Idefics3 processor for one IMAGE_SIZE square per image, no splitting: IMAGE_SEQ_LEN tokens."""
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+    )
+    return Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=IMAGE_SEQ_LEN,
+        chat_template=template,
+    )
+
+
 def _train_tokenizer():
     """A byte-level BPE over the env vocabulary: any text encodes, frequent env words are one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -121,8 +138,6 @@ def build_tiny_model(out: str | Path, arch: str = "idefics3", seed: int = 0) -> 
         from transformers import (
             Idefics3Config,
             Idefics3ForConditionalGeneration,
-            Idefics3ImageProcessorPil,
-            Idefics3Processor,
             Idefics3VisionConfig,
         )
 
@@ -143,18 +158,7 @@ def build_tiny_model(out: str | Path, arch: str = "idefics3", seed: int = 0) -> 
             tie_word_embeddings=False,
         )
         model = Idefics3ForConditionalGeneration(config)
-        image_processor = Idefics3ImageProcessorPil(
-            do_image_splitting=False,
-            size={"longest_edge": IMAGE_SIZE},
-            max_image_size={"longest_edge": IMAGE_SIZE},
-        )
-        processor = Idefics3Processor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            image_seq_len=IMAGE_SEQ_LEN,
-            chat_template=CHAT_TEMPLATE,
-        )
-        processor.save_pretrained(out)
+        idefics3_processor(tokenizer, CHAT_TEMPLATE).save_pretrained(out)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
