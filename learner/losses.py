@@ -15,7 +15,9 @@ state whose logits predict generated token k) and the action a = y_{t,k}. Paddin
     next_v   (B,)          V_target(s_{t+1,1}) from the no-grad pass over the next turn's prompt
 
 Units: an advantage is read in units of one turn's reward range (`advantage_unit`), so `threshold`
-and `beta` mean the same in every env; with `value: policy` the critic heads start at `q_floor`.
+and `beta` mean the same in every env; the critic's and value head's squared errors are read in the same
+unit, so `critic_coef` weighs them against the actor's nats alike whatever the reward's scale; with
+`value: policy` the critic heads start at `q_floor`.
 
 Sums are divided by `denom` (default: the number of generated tokens here). Data-parallel workers pass
 the global token count, so their losses and metrics add up to those of the whole batch.
@@ -123,11 +125,12 @@ def vlmq_losses(
         y = td_targets(v_target, rewards.float(), discounts.float(), last, next_v.float(), cfg.td_lambda)
         q_sa_target = q_target.float().gather(-1, take).squeeze(-1).mean(0)  # (B, K)
     q_sa = q.gather(-1, take).squeeze(-1)  # (C, B, K)
-    critic_loss = (((q_sa - y) ** 2).mean(0) * mask).sum() / n
+    unit = advantage_unit(cfg)
+    critic_loss = ((((q_sa - y) / unit) ** 2).mean(0) * mask).sum() / n
 
     # Value head: the expectile of the target Q over the data's tokens (only where cfg.value uses it).
     if cfg.value == "expectile":
-        value_loss = (expectile_loss(q_sa_target - v_head.float(), cfg.expectile) * mask).sum() / n
+        value_loss = (expectile_loss((q_sa_target - v_head.float()) / unit, cfg.expectile) * mask).sum() / n
     else:
         value_loss = torch.zeros((), device=q.device)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.batch import build_batch
-from learner.losses import td_targets, values
+from learner.losses import advantage_unit, td_targets, values
 from learner.processing import load_processor
 from vlmq.config import ConfigError, LearnerConfig, ModelConfig
 
@@ -284,7 +284,7 @@ def test_truncated_turn_bootstraps_and_terminated_does_not(model_cfg, turns):
     assert y[0, :n0].tolist() == pytest.approx([trunc.reward + 0.9 * next_v[0].item()] * n0, abs=1e-5)
     assert y[1, :n1].tolist() == pytest.approx([term.reward] * n1, abs=1e-6)
     q_sa = q.gather(-1, b.actions[None, ..., None].expand(q.shape[0], -1, -1, 1)).squeeze(-1)
-    expected = (((q_sa - y) ** 2).mean(0) * b.mask).sum() / b.mask.sum()
+    expected = ((((q_sa - y) / advantage_unit(learner.cfg)) ** 2).mean(0) * b.mask).sum() / b.mask.sum()
     m = learner.step([trunc, term])
     assert m["critic_loss"] == pytest.approx(expected.item(), rel=1e-5) and m["value_loss"] > 0
 

@@ -115,8 +115,9 @@ def test_losses_by_hand():
     loss, m = vlmq_losses(
         logits, q, q_target, actions, mask, last, rewards, discounts, torch.tensor([9.0]), cfg
     )
-    # y = [3, 3, r=1 (done)]; Q(s,a) = [2, 0, 2]; squared errors 1, 9, 1 -> critic loss 11/3
-    assert m["critic_loss"].item() == pytest.approx(11 / 3)
+    # y = [3, 3, r=1 (done)]; Q(s,a) = [2, 0, 2]; squared errors 1, 9, 1, in units of the reward
+    # range U = 2 -> critic loss 11 / (3 * 4)
+    assert m["critic_loss"].item() == pytest.approx(11 / 12)
     # kept tokens 0 and 2 (A = +1), log pi = ln 1/2 each -> actor loss = 2 ln 2 / 3
     assert m["actor_loss"].item() == pytest.approx(2 * math.log(2) / 3)
     assert m["filter_rate"].item() == pytest.approx(2 / 3)
@@ -124,7 +125,7 @@ def test_losses_by_hand():
     assert m["v"].item() == pytest.approx(1.0)
     assert m["adv"].item() == pytest.approx(1 / 3)
     assert m["td_error"].item() == pytest.approx((1 + 3 + 1) / 3)
-    assert loss.item() == pytest.approx(2 * math.log(2) / 3 + 0.5 * 11 / 3)
+    assert loss.item() == pytest.approx(2 * math.log(2) / 3 + 0.5 * 11 / 12)
 
 
 def test_losses_with_the_value_head_by_hand():
@@ -138,17 +139,18 @@ def test_losses_with_the_value_head_by_hand():
     loss, m = vlmq_losses(
         logits, q, q_target, actions, mask, last, rewards, discounts, torch.tensor([9.0]), cfg, v_head=v_head
     )
-    # y = [V(s_2), V(s_3), r (done)] = [1.5, 1.5, 1]; Q(s,a) = [2, 0, 2]: squared errors 0.25, 2.25, 1
-    assert m["critic_loss"].item() == pytest.approx(3.5 / 3)
-    # u = Q_target(s,a) - V = 1.5, -0.5, 1.5; expectile 0.5: 0.5 * (2.25 + 0.25 + 2.25) / 3
-    assert m["value_loss"].item() == pytest.approx(0.5 * 4.75 / 3)
+    # y = [V(s_2), V(s_3), r (done)] = [1.5, 1.5, 1]; Q(s,a) = [2, 0, 2]: squared errors 0.25, 2.25, 1,
+    # over U^2 = 4
+    assert m["critic_loss"].item() == pytest.approx(3.5 / 12)
+    # Q_target(s,a) - V = 1.5, -0.5, 1.5; expectile 0.5: 0.5 * (2.25 + 0.25 + 2.25) / (3 * 4)
+    assert m["value_loss"].item() == pytest.approx(0.5 * 4.75 / 12)
     # A = u: tokens 0 and 2 kept (A / 2 = 0.75 > 0), token 1 dropped
     assert m["adv"].item() == pytest.approx(2.5 / 3)
     assert m["v"].item() == pytest.approx(1.5)
     assert m["filter_rate"].item() == pytest.approx(2 / 3)
     loss.backward()
-    # dL_value/dV = -2 * 0.5 * u / 3 per token, times critic_coef 1; padding gets none
-    assert v_head.grad[0].tolist() == pytest.approx([-0.5, 0.5 / 3, -0.5, 0.0])
+    # dL_value/dV = -2 * 0.5 * (Q_target - V) / (3 * 4) per token, times critic_coef 1; padding gets none
+    assert v_head.grad[0].tolist() == pytest.approx([-0.125, 0.5 / 12, -0.125, 0.0])
 
 
 def test_expectile_loss_weights_each_side():
@@ -179,6 +181,37 @@ def test_threshold_is_in_units_of_the_reward_range():
     assert filter_weights(adv, cfg).tolist() == [0, 0, 1, 1]
     scaled = LearnerConfig(filter="binary", threshold=0.1, reward_range=[-1.0, 9.0], reward_scale=10.0)
     assert filter_weights(adv * 10, scaled).tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("value", ["policy", "expectile"])
+def test_every_loss_is_in_units_of_the_reward_range(value):
+    """Rewards, Q, V and the range all x11 (a range of 22 against 2): the
+    critic, value and actor losses are unchanged, so critic_coef weighs the same in every env."""
+    logits, q, actions, mask, last, rewards, discounts = _two_action_batch()
+    q_target = torch.tensor([1.0, 3.0]).expand(1, 1, 4, 2)
+    v_head = torch.tensor([[1.5, 1.5, 1.5, 0.0]])
+
+    def run(c):
+        cfg = LearnerConfig(filter="exp", critic_coef=4.0, value=value, reward_range=[-c, c])
+        return vlmq_losses(
+            logits,
+            q * c,
+            q_target * c,
+            actions,
+            mask,
+            last,
+            rewards * c,
+            discounts,
+            torch.tensor([9.0 * c]),
+            cfg,
+            v_head=v_head * c,
+        )
+
+    (loss1, m1), (loss11, m11) = run(1.0), run(11.0)
+    for k in ("critic_loss", "value_loss", "actor_loss", "filter_rate"):
+        assert m11[k].item() == pytest.approx(m1[k].item(), rel=1e-6), k
+    assert loss11.item() == pytest.approx(loss1.item(), rel=1e-6)
+    assert m1["critic_loss"].item() > 0
 
 
 def test_q_floor_is_the_lowest_return():
@@ -235,8 +268,8 @@ def test_critic_gradient_reaches_only_the_critic_and_actor_only_the_policy():
     )
     loss.backward()
     assert q_target.grad is None
-    # dL_critic/dQ(s,a) = 2 (Q - y) / 3 on the taken actions only; y = [0, 0, 1]
-    assert torch.allclose(q.grad[0, 0], torch.tensor([[0, 4 / 3], [0, 0], [0, 2 / 3], [0, 0]]))
+    # dL_critic/dQ(s,a) = 2 (Q - y) / (3 U^2) on the taken actions only; y = [0, 0, 1], U = 2
+    assert torch.allclose(q.grad[0, 0], torch.tensor([[0, 1 / 3], [0, 0], [0, 1 / 6], [0, 0]]))
     # actor: kept tokens 0 and 2, d(-log pi(a))/dlogits = pi - onehot(a) = [0.5, -0.5], over 3 tokens
     assert torch.allclose(logits.grad[0], torch.tensor([[1 / 6, -1 / 6], [0, 0], [1 / 6, -1 / 6], [0, 0]]))
 
