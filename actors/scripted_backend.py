@@ -38,7 +38,9 @@ class ScriptedBackend:
         for i, r in enumerate(requests):
             if not r.legal_actions:
                 raise ValueError(f"request {i}: the scripted backend needs legal_actions")
-            text = self.policy.act(r.legal_actions, r.expert_action, self.rng, format_action)
+            # the state a habit is fixed to: the prompt's words (with history, the episode so far)
+            state = "\n".join(p["text"] for m in r.messages for p in m["content"] if p.get("type") == "text")
+            text = self.policy.act(r.legal_actions, r.expert_action, self.rng, format_action, state=state)
             ids: list[int] = []
             if self.tokenizer is not None:
                 ids = text_to_gen_ids(self.tokenizer, text, r.max_tokens)

@@ -26,9 +26,18 @@ log = logging.getLogger("data_policies")
 POLICIES = {
     "numberline": ["random", "malformed:0.2"],
     "blackjack": ["random", "malformed:0.2", "expert"],
-    "ezpoints": ["random", "expert", "epsilon:0.3:0.1", "epsilon:0.5:0.2"],
-    "points24": ["random", "expert", "epsilon:0.3:0.1", "epsilon:0.5:0.2"],
-    "babyai": ["random", "expert", "epsilon:0.5:0.2"],
+    # habit:<f>:1 is its habit:<f>:<p> data's most frequent move in every state: what SFT would copy
+    "ezpoints": ["random", "expert", "epsilon:0.3:0.1", "epsilon:0.5:0.2"]
+    + ["habit:0.5:0.7:0.1", "habit:0.5:1", "habit:0.3:0.7:0.1", "habit:0.3:1"],
+    "points24": [
+        "random",
+        "expert",
+        "epsilon:0.3:0.1",
+        "epsilon:0.5:0.2",
+        "habit:0.3:0.7:0.1",
+        "habit:0.3:1",
+    ],
+    "babyai": ["random", "expert", "epsilon:0.5:0.2", "habit:0.3:0.7:0.1", "habit:0.3:1"],
 }
 OUT = REPO / "benchmarks" / "results" / "data_policies.json"
 

@@ -9,7 +9,7 @@ import envs
 from actors.collect import play
 from vlmq.config import load_config
 
-POLICIES = ["random", "expert", "epsilon:0.3:0.2", "malformed:0.3"]
+POLICIES = ["random", "expert", "epsilon:0.3:0.2", "habit:0.5:0.7:0.1", "malformed:0.3"]
 ENVS = [
     "numberline",
     "blackjack",
@@ -48,3 +48,20 @@ def test_collected_turns_replay_exactly_in_a_fresh_env(env_id, policy):
             assert ep[-1].terminated or ep[-1].truncated  # whole episodes only
     finally:
         env.close()
+
+
+def test_a_habit_is_the_same_wrong_move_wherever_its_state_recurs():
+    """Through the runner and the scripted backend: habit:1:1 plays one move per prompt, never the expert's."""
+    cfg = load_config(
+        None, ["env.id=numberline", "env.obs_mode=text", "env.history=0", "data.policy=habit:1:1"]
+    )
+    turns, _ = play(cfg, range(40), rng_seed=3)
+    moves: dict[str, set[str]] = {}
+    for t in turns:
+        moves.setdefault(t.messages[0]["content"][-1]["text"], set()).add(t.action_text)
+    assert len(moves) > 10 and sum(len(m) for m in moves.values()) == len(moves)
+    env = envs.make_env("numberline", obs_mode="text")
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        text = next(t.action_text for t in turns if t.seed == seed and t.turn_index == 0)
+        assert env.parse_agent(text) != env.expert_action()

@@ -143,13 +143,15 @@ def test_reward_range_must_hold_the_syntax_penalty():
         ("runner.pipeline_groups=0", "runner.pipeline_groups: 0 must be >= 1"),
         ("data.episodes=0", "data.episodes: 0 must be >= 1"),
         ("data.policy=epsilon:2", "data.policy 'epsilon:2': p=2.0 is outside [0, 1]"),
-        ("data.policy=epsilon", "data.policy 'epsilon': expected epsilon:<p>[:<m>] with p and m numbers in"),
+        ("data.policy=epsilon", "data.policy 'epsilon': expected epsilon:<p>[:<m>], numbers in [0, 1]"),
         ("data.policy=epsilon:0.1:2", "data.policy 'epsilon:0.1:2': m=2.0 is outside [0, 1]"),
         (
             "data.policy=malformed:0.1:0.2",
-            "data.policy 'malformed:0.1:0.2': expected malformed:<p> with p a number",
+            "data.policy 'malformed:0.1:0.2': expected malformed:<p>, numbers in [0, 1]",
         ),
         ("data.policy=random:1", "data.policy 'random:1': random takes no argument"),
+        ("data.policy=habit:0.5", "data.policy 'habit:0.5': expected habit:<f>:<p>[:<m>], numbers in [0, 1]"),
+        ("data.policy=habit:1.5:0.5", "data.policy 'habit:1.5:0.5': f=1.5 is outside [0, 1]"),
         ("eval.episodes=0", "eval.episodes: 0 must be >= 1"),
         ("eval.seed=0", "eval.seed: 0 must be >= 1"),
         ("eval.every=-1", "eval.every: -1 must be >= 0"),
@@ -190,6 +192,8 @@ def test_config_ids_and_policies_are_the_envs_own():
         load_config(None, [f"env.id={env_id}"])
     assert make_policy("epsilon:0.25") == Policy("epsilon", 0.25)
     assert make_policy("epsilon:0.25:0.1") == Policy("epsilon", 0.25, 0.1)
+    assert make_policy("habit:0.4:0.7") == Policy("habit", 0.7, 0.0, 0.4)
+    assert make_policy("habit:0.4:0.7:0.1") == Policy("habit", 0.7, 0.1, 0.4)
     with pytest.raises(ValueError, match="policy 'greedy': kind must be one of"):
         make_policy("greedy")
 

@@ -11,7 +11,7 @@ import pytest
 
 import envs
 from envs.cards import evaluate, solutions
-from envs.policies import make_policy
+from envs.policies import habit_move, make_policy
 
 
 def act(a: str) -> str:
@@ -311,7 +311,16 @@ def test_bad_arguments():
     env.reset(seed=0)
     with pytest.raises(TypeError, match="output text"):
         env.step(1)
-    for spec in ("greedy", "epsilon", "epsilon:2", "malformed:x", "random:1"):
+    for spec in (
+        "greedy",
+        "epsilon",
+        "epsilon:2",
+        "malformed:x",
+        "random:1",
+        "habit:0.5",
+        "habit:1:2",
+        "habit:1:1:1:1",
+    ):
         with pytest.raises(ValueError, match="policy"):
             make_policy(spec)
 
@@ -351,6 +360,35 @@ def test_policies():
     formed = [a for a in noisy if a is not None]
     share = 0.5 + 0.5 / len(legal)  # the expert's move, chosen or explored onto
     assert share - 0.07 < np.mean([a == "2" for a in formed]) < share + 0.07
+
+
+def test_habit_policy_errs_the_same_way_in_the_same_state():
+    """habit:<f>:<p>: a share f of states has one wrong move, fixed per state, played with probability
+    p; every other state gets the expert. So the habit is its state's most frequent move (p > 1/2)."""
+    env = envs.make_env("ezpoints", obs_mode="text")
+    legal = env.reset(seed=0)[0].legal_actions
+    rng = np.random.default_rng(0)
+    policy = make_policy("habit:0.5:0.8")
+    states = [f"Cards: {a}, {b}. Formula: (empty)." for a in range(1, 11) for b in range(1, 11)]
+    habits = {s: habit_move(legal, "2", s, 0.5) for s in states}
+    assert 0.35 < np.mean([h is not None for h in habits.values()]) < 0.65  # about a share f of states
+    assert all(h is None or (h in legal and h != "2") for h in habits.values())
+    assert len({h for h in habits.values() if h}) > 3  # the wrong move differs from state to state
+    for s, h in list(habits.items())[:20]:
+        moves = [env.parse_agent(policy.act(legal, "2", rng, env.format_action, state=s)) for _ in range(200)]
+        if h is None:
+            assert set(moves) == {"2"}
+        else:
+            assert set(moves) == {h, "2"} and 0.72 < moves.count(h) / 200 < 0.88
+    assert habit_move(legal, "2", states[0], 1.0) == habit_move(legal, "2", states[0], 1.0) is not None
+    assert habit_move(legal, "2", states[0], 0.0) is None
+    # m: malformed first, as in epsilon
+    always = make_policy("habit:1:1:0.3")
+    broken = [
+        env.parse_agent(always.act(legal, "2", rng, env.format_action, state=states[0])) for _ in range(1000)
+    ]
+    assert 0.25 < np.mean([a is None for a in broken]) < 0.35
+    assert {a for a in broken if a is not None} == {habit_move(legal, "2", states[0], 1.0)}
 
 
 def test_malformed_policy_is_a_syntax_error_in_every_card_env():

@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="a run's YAML: its env section (history, syntax_penalty, ...) is played")
     c.add_argument("--env", help="env id (default: the config's env.id)")
     c.add_argument(
-        "--policy", help="random | expert | epsilon:<p>[:<m>] | malformed:<p> | model (default: data.policy)"
+        "--policy",
+        help="random | expert | epsilon:<p>[:<m>] | habit:<f>:<p>[:<m>] | malformed:<p> | model (default: data.policy)",
     )
     c.add_argument("--model", help="with --policy model: the model folder that plays (default: model.path)")
     c.add_argument("--temperature", type=float, help="with --policy model (default: sampler.temperature)")

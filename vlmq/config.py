@@ -28,7 +28,13 @@ class ConfigError(ValueError):
 
 CARD_ENV_IDS = ("numberline", "ezpoints", "points24", "blackjack")  # envs.CARD_ENVS: a class for each
 ENV_IDS = " | ".join(CARD_ENV_IDS) + " | babyai:<BabyAI level> | miniwob:<task>"  # envs.make_env's ids
-POLICY_KINDS = ("random", "expert", "epsilon", "malformed")  # data-collection policies (envs/policies.py)
+POLICY_KINDS = (
+    "random",
+    "expert",
+    "epsilon",
+    "habit",
+    "malformed",
+)  # data-collection policies (envs/policies.py)
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank (LoRAConfig)
 
 
@@ -150,7 +156,7 @@ class SamplerConfig:
     max_tokens: int = 32
     resident_versions: int = 3  # LoRA versions kept loaded so in-flight episodes finish on their own
     probe_tolerance: float = 1e-3  # max abs log-prob difference accepted after a LoRA push
-    policy: str = "random"  # scripted backend: random | expert | epsilon:<p> | malformed:<p>
+    policy: str = "random"  # scripted backend: random | expert | epsilon:<p>[:<m>] | habit:<f>:<p>[:<m>] | malformed:<p>
     gpu_memory_utilization: float = 0.5
     timeout_s: float = 120.0  # a runner's wait for one sampler call before it retries
     retries: int = 3  # sampler call retries before the runner gives up (raises)
@@ -177,7 +183,7 @@ class RunnerConfig:
 @dataclass
 class DataConfig:
     path: str = ""  # an existing dataset folder; empty: collect one
-    # a scripted policy (random | expert | epsilon:<p>[:<m>] | malformed:<p>), or `model`: the base
+    # a scripted policy (random | expert | epsilon:<p>[:<m>] | habit:<f>:<p>[:<m>] | malformed:<p>), or `model`: the base
     # model at model.path, served by the run's sampler (sampler.backend, sampler.temperature)
     policy: str = "random"
     episodes: int = 2000
@@ -359,29 +365,32 @@ def _resources(section: Any, name: str) -> None:
         )
 
 
-def parse_policy(spec: str, key: str = "policy") -> tuple[str, float, float]:
-    """`random | expert | epsilon:<p>[:<m>] | malformed:<p>` -> (kind, p, m), m the share of malformed
-    outputs mixed into an epsilon-noisy expert (0 unless given); `envs.policies.make_policy` builds it."""
+def parse_policy(spec: str, key: str = "policy") -> tuple[str, float, float, float]:
+    """`random | expert | epsilon:<p>[:<m>] | habit:<f>:<p>[:<m>] | malformed:<p>` -> (kind, p, m, f):
+    m the share of malformed outputs mixed into a noisy expert, f the share of states with a habit (0
+    unless given); `envs.policies.make_policy` builds it."""
     kind, _, arg = spec.partition(":")
     if kind not in POLICY_KINDS:
         raise ConfigError(f"{key} {spec!r}: kind must be one of {list(POLICY_KINDS)}")
     if kind in ("random", "expert"):
         if arg:
             raise ConfigError(f"{key} {spec!r}: {kind} takes no argument")
-        return kind, 0.0, 0.0
+        return kind, 0.0, 0.0, 0.0
+    names = {"epsilon": ["p", "m"], "habit": ["f", "p", "m"], "malformed": ["p"]}[kind]
+    need = 2 if kind == "habit" else 1
+    form = f"{kind}:" + ":".join(f"<{n}>" for n in names[:need]) + "".join(f"[:<{n}>]" for n in names[need:])
+    bad = ConfigError(f"{key} {spec!r}: expected {form}, numbers in [0, 1]")
     args = arg.split(":")
-    form = "epsilon:<p>[:<m>] with p and m numbers" if kind == "epsilon" else f"{kind}:<p> with p a number"
-    bad = ConfigError(f"{key} {spec!r}: expected {form} in [0, 1]")
-    if len(args) > (2 if kind == "epsilon" else 1):
+    if not need <= len(args) <= len(names):
         raise bad
     try:
-        p, m = float(args[0]), float(args[1]) if len(args) == 2 else 0.0
+        given = dict(zip(names, map(float, args)))
     except ValueError:
         raise bad from None
-    for name, x in (("p", p), ("m", m)):
+    for name, x in given.items():
         if not 0.0 <= x <= 1.0:
             raise ConfigError(f"{key} {spec!r}: {name}={x} is outside [0, 1]")
-    return kind, p, m
+    return kind, given["p"], given.get("m", 0.0), given.get("f", 0.0)
 
 
 def validate_model(cfg: ModelConfig) -> None:
