@@ -1,8 +1,10 @@
 """Sampler: one inference backend behind a Ray actor, with versioned LoRA hot-swap and a probe check.
 
 The versioning rules live in the plain class `VersionedSampler`, so they are tested directly against
-the session's single vLLM engine; the Ray actor `Sampler` wraps it with a micro-batching queue (many
-runners submit at once, one backend call serves them all) and Ray metrics.
+the session's single vLLM engine; the Ray actor `Sampler` wraps it with Ray metrics. A `concurrent`
+backend (vLLM's asynchronous engine) takes every runner's call at once, and the engine batches them
+continuously; a loading adapter does not hold them up. The others (transformers, scripted) are called
+one at a time, behind a micro-batching queue: many runners submit at once, one backend call serves them all.
 
 Versions: 0 is the base model (always served); pushed versions must increase. The backend gives each
 load a fresh LoRA id (vLLM serves stale weights when an id is reused). A pushed adapter (bytes, see
@@ -14,6 +16,8 @@ for an evicted version falls back to the newest and is counted (`stale_requests`
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import queue
@@ -78,7 +82,11 @@ class VersionedSampler:
         self._resident: list[int] = [0]  # oldest first; 0 (the base model) never leaves
         self._dirs: dict[int, Path] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="vlmq-adapters-"))
-        self._lock = threading.RLock()  # one backend call at a time (generate vs load)
+        self._lock = threading.RLock()  # the version bookkeeping
+        # A backend that is not `concurrent` gets one call at a time (generate, load, probe).
+        self._calls = contextlib.nullcontext() if getattr(backend, "concurrent", False) else threading.Lock()
+        self._in_flight: collections.Counter[int] = collections.Counter()  # version -> requests running
+        self._evicted: set[int] = set()  # left the resident set, unloaded once its requests finish
         self.state_dir = Path(state_dir) if state_dir else None
         saved = self._saved() if restore and self.state_dir is not None else None
         if saved is not None and self.load_adapter(*saved, persist=False):
@@ -110,7 +118,8 @@ class VersionedSampler:
             path = Path(adapter)
             if not (path / "adapter_config.json").exists():
                 raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
-        with self._lock:
+        # Requests keep running on the served versions while this one loads and is probed.
+        with self._calls:
             try:
                 self.backend.load_lora(version, str(path))
                 err = probe_error(self.backend, probe, version) if probe is not None else 0.0
@@ -131,15 +140,14 @@ class VersionedSampler:
                     f"{self.cfg.probe_tolerance}; still serving version {self.version}"
                 )
                 return False
+        with self._lock:
             self._resident.append(version)
             if isinstance(adapter, (bytes, bytearray)):
                 self._dirs[version] = path
             self.stats.version = version
             while len(self._resident) - 1 > self.cfg.resident_versions:  # evict the oldest adapter
-                old = self._resident.pop(1)
-                self.backend.unload_lora(old)
-                if old in self._dirs:
-                    self._drop_dir(self._dirs.pop(old))
+                self._evicted.add(self._resident.pop(1))
+            self._unload_idle()
             self.stats.resident = list(self._resident)
         self.stats.sync_ok += 1
         self.stats.last_sync_s = time.perf_counter() - t0
@@ -182,35 +190,49 @@ class VersionedSampler:
     def _drop_dir(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
+    def _unload_idle(self) -> None:
+        """Unload the evicted versions no request is running on (under the lock)."""
+        for old in sorted(v for v in self._evicted if not self._in_flight[v]):
+            self._evicted.discard(old)
+            with self._calls:
+                self.backend.unload_lora(old)
+            if old in self._dirs:
+                self._drop_dir(self._dirs.pop(old))
+
     def generate(self, requests: list[Request], version: int | None = None) -> list[Completion]:
         """Complete `requests` on `version` (None: the newest; an evicted one falls back to the newest)."""
         return self.generate_many([(requests, version)])[0]
 
     def generate_many(self, calls: list[tuple[list[Request], int | None]]) -> list[list[Completion]]:
         """Several callers' requests in one backend call per version (the micro-batch)."""
-        with self._lock:
+        with self._lock:  # resolve each call's version and hold it resident until its requests finish
             groups: dict[int, list[tuple[int, int]]] = {}
-            flat: list[Request] = []
             for c, (requests, version) in enumerate(calls):
                 v = self.version if version is None else version
                 if v not in self._resident:
                     self.stats.stale_requests += len(requests)
                     v = self.version
-                for i, r in enumerate(requests):
-                    groups.setdefault(v, []).append((c, i))
-                    flat.append(r)
-            out: list[list[Completion | None]] = [[None] * len(reqs) for reqs, _ in calls]
-            t0 = time.perf_counter()
+                groups.setdefault(v, []).extend((c, i) for i in range(len(requests)))
+                self._in_flight[v] += len(requests)
+        out: list[list[Completion | None]] = [[None] * len(reqs) for reqs, _ in calls]
+        t0 = time.perf_counter()
+        try:
             for v, slots in groups.items():
-                completions = self.backend.generate([calls[c][0][i] for c, i in slots], v)
+                with self._calls:
+                    completions = self.backend.generate([calls[c][0][i] for c, i in slots], v)
                 for (c, i), comp in zip(slots, completions, strict=True):
                     if comp.version >= 0:  # -1: a scripted backend, no model version at all
                         comp.version = v
                     out[c][i] = comp
-                    self.stats.tokens += len(comp.gen_ids)
-                self.stats.batches += 1
-            self.stats.requests += len(flat)
-            self.stats.batch_s += time.perf_counter() - t0
+        finally:
+            with self._lock:
+                for v, slots in groups.items():
+                    self._in_flight[v] -= len(slots)
+                self._unload_idle()
+                self.stats.tokens += sum(len(comp.gen_ids) for res in out for comp in res if comp)
+                self.stats.batches += len(groups)
+                self.stats.requests += sum(len(reqs) for reqs, _ in calls)
+                self.stats.batch_s += time.perf_counter() - t0
         return out  # type: ignore[return-value]
 
 
@@ -250,10 +272,10 @@ def make_backend(cfg: SamplerConfig, model: ModelConfig, seed: int = 0) -> Any:
 # side effects), while the runner's own timeout bounds every wait.
 @ray.remote(max_concurrency=64, max_restarts=-1, max_task_retries=-1)
 class Sampler:
-    """The Ray actor: a micro-batching queue in front of a `VersionedSampler`.
-
-    Concurrent `generate` calls (threads of this actor) put their requests on a queue; one worker
-    thread drains it, so every backend call serves all runners that were waiting.
+    """The Ray actor in front of a `VersionedSampler`. Concurrent `generate` calls (threads of this
+    actor) go straight to a `concurrent` backend, whose engine batches them continuously. For the
+    others they go on a queue that one worker thread drains, so every backend call serves all runners
+    that were waiting (a micro-batch).
     """
 
     def __init__(
@@ -281,11 +303,19 @@ class Sampler:
         names = [n for n, s in SPECS.items() if s.tags == SAMPLER]
         self.metrics = Metrics(names, sampler=ray.get_runtime_context().get_actor_id()[:8])
         self.metrics.set("sampler_version", self.core.version)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.concurrent = getattr(backend, "concurrent", False)
+        if not self.concurrent:
+            threading.Thread(target=self._serve, daemon=True).start()
 
     def generate(self, requests: list[Request], version: int | None = None) -> list[Completion]:
         if not requests:
             return []
+        if self.concurrent:
+            t0 = time.perf_counter()
+            (res,) = self.core.generate_many([(requests, version)])
+            self.metrics.observe("sampler_batch_s", time.perf_counter() - t0)
+            self.metrics.inc("sampler_tokens", sum(len(c.gen_ids) for c in res))
+            return res
         fut: Future = Future()
         self._queue.put((requests, version, fut))
         return fut.result()

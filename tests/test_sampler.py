@@ -124,6 +124,58 @@ def test_generate_many_groups_callers_by_version(tmp_path):
     assert sorted(backend.calls) == [(0, 1), (1, 5)]  # one backend call per version
 
 
+class SlowConcurrentBackend(FakeBackend):
+    """A `concurrent` backend whose calls wait on events, to see what runs alongside what."""
+
+    concurrent = True
+
+    def __init__(self):
+        super().__init__()
+        self.loading, self.finish_load = threading.Event(), threading.Event()
+        self.generating, self.finish_generate = threading.Event(), threading.Event()
+
+    def load_lora(self, version, path):
+        self.loading.set()
+        assert self.finish_load.wait(10)
+        super().load_lora(version, path)
+
+    def generate(self, requests, version):
+        if requests[0].max_tokens == 99:  # the slow one
+            self.generating.set()
+            assert self.finish_generate.wait(10)
+        return super().generate(requests, version)
+
+
+def test_a_concurrent_backend_serves_while_an_adapter_loads_and_keeps_a_busy_version(tmp_path):
+    """With a concurrent backend nothing holds generation up during a load, and an evicted version
+    stays loaded until the requests running on it finish."""
+    backend = SlowConcurrentBackend()
+    s = VersionedSampler(backend, SamplerConfig(resident_versions=1))
+    backend.finish_load.set()
+    s.load_adapter(1, str(_adapter(tmp_path, 1)))
+    backend.finish_load.clear()
+    backend.loading.clear()
+    quick, slow = Request(PROMPT, [], ["+"]), Request(PROMPT, [], ["+"], max_tokens=99)
+
+    load = threading.Thread(target=s.load_adapter, args=(2, str(_adapter(tmp_path, 2))))
+    load.start()
+    assert backend.loading.wait(10)
+    assert s.generate([quick])[0].version == 1  # served while version 2 is still loading
+    running = []
+    slow_call = threading.Thread(target=lambda: running.append(s.generate([slow], version=1)))
+    slow_call.start()
+    assert backend.generating.wait(10)
+    backend.finish_load.set()
+    load.join(10)
+    # version 2 serves; version 1 left the resident set but stays loaded for the request on it
+    assert s.version == 2 and s.stats.resident == [0, 2] and 1 in backend.loaded
+    assert s.generate([quick], version=1)[0].version == 2 and s.stats.stale_requests == 1
+    backend.finish_generate.set()
+    slow_call.join(10)
+    assert running[0][0].version == 1 and running[0][0].logprobs == [-3.0, -3.0]
+    assert sorted(backend.loaded) == [0, 2]  # unloaded once it finished
+
+
 @pytest.fixture(scope="module")
 def hf(tiny_vlm_dir):
     return HFBackend(str(tiny_vlm_dir), seed=0)

@@ -166,3 +166,48 @@ def test_vllm_cpu_threads_take_the_actors_cpu_share_on_its_last_cores(monkeypatc
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the user's choice is kept
     _cpu_defaults()
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
+def test_vllm_serves_many_threads_at_once_and_a_version_pushed_mid_stream(
+    vllm_backend, make_lora_adapter, fresh_version
+):
+    """The asynchronous engine behind VersionedSampler: calls from several threads (the actor's
+    runners) are in the one engine together, with no global lock; each gets its own prompt's
+    completion with the model's log-probs; a version pushed while they run loads without failing
+    them, and requests submitted after it are served by it."""
+    import threading
+
+    from actors.sampler import VersionedSampler
+    from learner.weight_sync import pack
+    from vlmq.config import SamplerConfig
+
+    s = VersionedSampler(vllm_backend, SamplerConfig(resident_versions=2))
+    prompts = [(PROMPT, [_image(10 + i)]) for i in range(6)]
+    results: dict[int, list] = {}
+    barrier = threading.Barrier(len(prompts) + 1)
+
+    def call(i):
+        barrier.wait()
+        results[i] = s.generate([Request(*prompts[i], [], max_tokens=24)] * 2)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    version = fresh_version()
+    assert s.load_adapter(version, pack(make_lora_adapter(seed=31)))  # while the calls run
+    for t in threads:
+        t.join(120)
+    try:
+        assert sorted(results) == list(range(len(prompts)))
+        for i, (msgs, imgs) in enumerate(prompts):
+            for c in results[i]:
+                assert c.prompt_ids == encode_prompt(vllm_backend.processor, msgs, imgs)["input_ids"]
+                assert _maxdiff(c.logprobs, vllm_backend.score(msgs, imgs, c.gen_ids, c.version)) <= TOL
+        (after,) = s.generate([Request(*prompts[0], [], max_tokens=8)])
+        assert after.version == version
+        ids = after.gen_ids
+        assert _maxdiff(after.logprobs, vllm_backend.score(*prompts[0], ids, version)) <= TOL
+        assert _maxdiff(after.logprobs, vllm_backend.score(*prompts[0], ids, 0)) > 1e-3  # the adapter's
+    finally:
+        vllm_backend.unload_lora(version)
