@@ -30,7 +30,7 @@ SPECS: dict[str, Spec] = {
     "success_rate": Spec("gauge", "success over the runner's last 100 episodes", RUNNER),
     "syntax_accuracy": Spec("gauge", "share of turns whose output named a legal action, last 100 episodes", RUNNER),
     # samplers
-    "sampler_batch_s": Spec("histogram", "backend call latency (one micro-batch)", SAMPLER, (0.01, 0.03, 0.1, 0.3, 1, 3, 10)),
+    "sampler_batch_s": Spec("histogram", "backend call latency (one micro-batch; with vLLM, one runner's call)", SAMPLER, (0.01, 0.03, 0.1, 0.3, 1, 3, 10)),
     "sampler_tokens": Spec("counter", "generated tokens", SAMPLER),
     "sampler_version": Spec("gauge", "adapter version served to new requests", SAMPLER),
     "sampler_sync_s": Spec("histogram", "a pushed adapter's load and probe check", SAMPLER, (0.1, 0.3, 1, 3, 10, 30)),
