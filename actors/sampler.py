@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import queue
 import shutil
@@ -41,6 +42,8 @@ from learner.model_files import local_model
 from learner.weight_sync import Probe, pack, probe_error, unpack
 from vlmq.config import ModelConfig, SamplerConfig, validate_sampler
 from vlmq.metrics import SAMPLER, SPECS, Metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class VersionedSampler:
         self._calls = contextlib.nullcontext() if getattr(backend, "concurrent", False) else threading.Lock()
         self._in_flight: collections.Counter[int] = collections.Counter()  # version -> requests running
         self._evicted: set[int] = set()  # left the resident set, unloaded once its requests finish
+        self._loading = threading.Lock()  # one push at a time, whatever the backend
         self.state_dir = Path(state_dir) if state_dir else None
         saved = self._saved() if restore and self.state_dir is not None else None
         if saved is not None and self.load_adapter(*saved, persist=False):
@@ -104,6 +108,10 @@ class VersionedSampler:
         persist: bool = True,
     ) -> bool:
         """Load, verify, then serve `version`. False (and the old version keeps serving) on a failed probe."""
+        with self._loading:
+            return self._load(version, adapter, probe, persist)
+
+    def _load(self, version: int, adapter: str | Path | bytes, probe, persist: bool) -> bool:
         if not isinstance(version, int) or version < 1:
             raise ValueError(f"adapter version must be an int >= 1 (0 is the base model), got {version!r}")
         if version == self.version:
@@ -147,8 +155,8 @@ class VersionedSampler:
             self.stats.version = version
             while len(self._resident) - 1 > self.cfg.resident_versions:  # evict the oldest adapter
                 self._evicted.add(self._resident.pop(1))
-            self._unload_idle()
             self.stats.resident = list(self._resident)
+        self._unload_idle()
         self.stats.sync_ok += 1
         self.stats.last_sync_s = time.perf_counter() - t0
         if persist and self.state_dir is not None:
@@ -191,13 +199,21 @@ class VersionedSampler:
         shutil.rmtree(path, ignore_errors=True)
 
     def _unload_idle(self) -> None:
-        """Unload the evicted versions no request is running on (under the lock)."""
-        for old in sorted(v for v in self._evicted if not self._in_flight[v]):
-            self._evicted.discard(old)
-            with self._calls:
-                self.backend.unload_lora(old)
-            if old in self._dirs:
-                self._drop_dir(self._dirs.pop(old))
+        """Unload the evicted versions no request runs on any more, outside the bookkeeping lock (an
+        engine round trip must not hold up other callers). No request can pick them again, so a failed
+        unload is logged, not raised: the caller's completions or push stand."""
+        with self._lock:
+            idle = sorted(v for v in self._evicted if not self._in_flight[v])
+            self._evicted.difference_update(idle)
+            dirs = [self._dirs.pop(v, None) for v in idle]
+        for old, folder in zip(idle, dirs):
+            try:
+                with self._calls:
+                    self.backend.unload_lora(old)
+            except Exception as e:
+                log.warning("unloading evicted adapter version %d failed: %r", old, e)
+            if folder is not None:
+                self._drop_dir(folder)
 
     def generate(self, requests: list[Request], version: int | None = None) -> list[Completion]:
         """Complete `requests` on `version` (None: the newest; an evicted one falls back to the newest)."""
@@ -228,11 +244,11 @@ class VersionedSampler:
             with self._lock:
                 for v, slots in groups.items():
                     self._in_flight[v] -= len(slots)
-                self._unload_idle()
                 self.stats.tokens += sum(len(comp.gen_ids) for res in out for comp in res if comp)
                 self.stats.batches += len(groups)
                 self.stats.requests += sum(len(reqs) for reqs, _ in calls)
                 self.stats.batch_s += time.perf_counter() - t0
+            self._unload_idle()
         return out  # type: ignore[return-value]
 
 
@@ -258,7 +274,7 @@ def make_backend(cfg: SamplerConfig, model: ModelConfig, seed: int = 0) -> Any:
 
         return VLLMBackend(
             model.path,
-            max_loras=cfg.resident_versions + 1,
+            max_loras=cfg.resident_versions + 2,  # + the one being verified + an evicted one finishing
             max_lora_rank=max(16, model.lora_r),
             text_only=model.text_only,
             dtype=model.dtype,

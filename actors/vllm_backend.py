@@ -101,10 +101,19 @@ class VLLMBackend:
         return outs[-1]
 
     def _complete(self, prompts: list[dict], params: list, lora) -> list:
-        async def every():
-            return await asyncio.gather(*(self._final(p, s, lora) for p, s in zip(prompts, params)))
+        """Every request's final output. All of them finish before an error is raised, so none is still
+        running in the engine when the caller lets go of its adapter version."""
 
-        return self._run(every())
+        async def every():
+            return await asyncio.gather(
+                *(self._final(p, s, lora) for p, s in zip(prompts, params)), return_exceptions=True
+            )
+
+        outs = self._run(every())
+        for o in outs:
+            if isinstance(o, BaseException):
+                raise o
+        return outs
 
     # -- LoRA versions -------------------------------------------------------------------------
     def load_lora(self, version: int, path: str) -> None:
@@ -190,6 +199,8 @@ class VLLMBackend:
 
     def shutdown(self) -> None:
         """Stop the engine process and its loop now rather than at interpreter exit."""
-        engine, self.engine = self.engine, None  # once: AsyncLLM.__del__ would shut it down again at exit
+        # Dropping the last reference runs AsyncLLM.__del__ (a second, harmless shutdown) now, while the
+        # interpreter is whole; left for exit, it fails noisily on torn-down modules.
+        engine, self.engine = self.engine, None
         engine.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -176,6 +176,23 @@ def test_a_concurrent_backend_serves_while_an_adapter_loads_and_keeps_a_busy_ver
     assert sorted(backend.loaded) == [0, 2]  # unloaded once it finished
 
 
+def test_a_failed_unload_of_an_evicted_version_is_logged_and_loses_nothing(tmp_path, caplog):
+    """The evicted version can never be asked for again, so the push that evicts it still serves."""
+
+    class BrokenUnload(FakeBackend):
+        def unload_lora(self, version):
+            raise RuntimeError("engine said no")
+
+    s = VersionedSampler(BrokenUnload(), SamplerConfig(resident_versions=1))
+    assert s.load_adapter(1, pack(_adapter(tmp_path, 1)))
+    dirs = dict(s._dirs)
+    assert s.load_adapter(2, pack(_adapter(tmp_path, 2)))  # evicts 1; its unload fails
+    assert s.version == 2 and s.stats.resident == [0, 2] and not s._evicted
+    assert "unloading evicted adapter version 1 failed" in caplog.text
+    assert not dirs[1].exists()  # its unpacked folder is gone all the same
+    assert s.generate([Request(PROMPT, [], ["+"])])[0].version == 2
+
+
 @pytest.fixture(scope="module")
 def hf(tiny_vlm_dir):
     return HFBackend(str(tiny_vlm_dir), seed=0)

@@ -211,3 +211,13 @@ def test_vllm_serves_many_threads_at_once_and_a_version_pushed_mid_stream(
         assert _maxdiff(after.logprobs, vllm_backend.score(*prompts[0], ids, 0)) > 1e-3  # the adapter's
     finally:
         vllm_backend.unload_lora(version)
+
+
+def test_vllm_a_request_that_fails_fails_its_call_and_the_engine_serves_on(vllm_backend):
+    """A prompt longer than the engine's max_model_len: the call raises once its other requests are
+    done (none is left running on the caller's version), and the next call is served."""
+    long = [{"role": "user", "content": [{"type": "text", "text": "left right " * 3000}]}]
+    with pytest.raises(Exception, match="(?i)length|long|max_model_len"):
+        vllm_backend.generate([Request(TEXT_PROMPT, [], [], max_tokens=4), Request(long, [], [])], version=0)
+    (c,) = vllm_backend.generate([Request(TEXT_PROMPT, [], [], max_tokens=4)], version=0)
+    assert 1 <= len(c.gen_ids) <= 4
