@@ -59,13 +59,11 @@ def vlmq(*args: str) -> float:
 
 
 def run_task(
-    env: str, task_id: str | None, seed: int, sets: list[str], root: Path, methods: list[str]
+    config: str, name: str, seed: int, sets: list[str], root: Path, methods: list[str], base: bool = False
 ) -> dict:
-    """The dataset (collected once) and every method on it for one seed: {method: {success, syntax,
-    wall_s}} plus {"dataset": {success, syntax}}."""
-    config = str(REPO / "configs" / f"{env}.yaml")
-    sets = [*sets, f"env.id={task_id}"] if task_id else list(sets)
-    name = task_id.replace(":", "-") if task_id else env
+    """The dataset (collected once under root/name) and every method on it for one seed: {method:
+    {success, syntax, wall_s}} plus {"dataset": {success, syntax}}; with `base`, also the untrained
+    model's greedy evaluation ({"base": {success, syntax}}, the afsft_online run's first one)."""
     data = root / name / "dataset"
     if not (data / "meta.json").exists():
         vlmq("data", "collect", "--config", config, "--out", str(data), *sets)
@@ -80,6 +78,8 @@ def run_task(
         )  # fmt: skip
         res = json.loads((root / run / "results.json").read_text())
         cells[method] = {"success": res["success_final"], "syntax": res["syntax_final"], "wall_s": wall}
+        if method == "afsft_online" and base:
+            cells["base"] = {"success": res["success_before"], "syntax": res["syntax_before"]}
         if method == "afsft_online":
             p = res["phase_s"]
             offline_s = p["start"] + p["eval_before"] + p["offline"] + p["eval_offline"]
@@ -146,15 +146,19 @@ def main() -> None:
     if args.table:
         print(table(out))
         return
+    root = Path(args.root)
     for env in args.envs:
-        cfg = load_config(REPO / "configs" / f"{env}.yaml", args.set)
+        config = str(REPO / "configs" / f"{env}.yaml")
+        cfg = load_config(config, args.set)
         out["gamma"] = cfg.learner.gamma
         entry = out["envs"].setdefault(env, {})
         t0 = time.time()
         for seed in args.seeds:
             if env == "miniwob":
                 tasks = {
-                    t: run_task(env, f"miniwob:{t}", seed, args.set, Path(args.root), args.methods)
+                    t: run_task(
+                        config, f"miniwob-{t}", seed, [*args.set, f"env.id=miniwob:{t}"], root, args.methods
+                    )
                     for t in CLICK_SET
                 }
                 for t, cells in tasks.items():
@@ -164,7 +168,7 @@ def main() -> None:
                     for m in tasks[CLICK_SET[0]]
                 }
             else:
-                cells = run_task(env, None, seed, args.set, Path(args.root), args.methods)
+                cells = run_task(config, env, seed, args.set, root, args.methods)
             merge(entry, seed, cells)
             entry["overrides"] = args.set
             entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - t0, 1)

@@ -95,7 +95,7 @@ class Learner:
             return f"tcp://{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
 
     def _autocast(self):
-        on = self.device.type == "cuda" and self.cfg.bf16
+        on = self.cfg.bf16 == "always" or (self.cfg.bf16 == "cuda" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:

@@ -299,3 +299,14 @@ def test_heads_and_values_stay_float32_under_autocast(model_cfg, turns):
         assert torch.nn.Linear(4, 4)(torch.randn(1, 4)).dtype == torch.bfloat16  # autocast is on
     for a, b in zip(plain, under):
         assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_bf16_always_autocasts_the_backbone_on_cpu(model_cfg, turns):
+    """bf16="always" runs the step's backbone in bf16 on CPU too: from the same init on the same batch
+    the loss moves off float32's by bf16 rounding (not 0, within a few percent); "cuda" is float32 here."""
+    losses = {}
+    for mode in ("cuda", "always"):
+        learner = make_learner(model_cfg, bf16=mode)
+        losses[mode] = learner.step(turns[:8])["loss"]
+    assert losses["always"] != losses["cuda"]
+    assert losses["always"] == pytest.approx(losses["cuda"], rel=0.05)

@@ -141,7 +141,9 @@ class LearnerConfig:
     # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
     # advertise them (`ray start --resources='{"collector": 8}'`)
     resources: dict[str, float] = field(default_factory=dict)
-    bf16: bool = True  # autocast on GPU only
+    # bf16 autocast of the backbone (the heads, V and log-softmax stay float32): "cuda" on GPUs only,
+    # "always" on CPUs too (worth it where the CPU has AMX-bf16: benchmarks/pretrained.py), "never"
+    bf16: Literal["cuda", "always", "never"] = "cuda"
     seed: int = 0
 
 
