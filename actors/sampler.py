@@ -128,12 +128,19 @@ class VersionedSampler:
                 raise FileNotFoundError(f"{path} is not a peft adapter folder (no adapter_config.json)")
         # Requests keep running on the served versions while this one loads and is probed.
         with self._calls:
+            loaded = False
             try:
                 self.backend.load_lora(version, str(path))
+                loaded = True
                 err = probe_error(self.backend, probe, version) if probe is not None else 0.0
             except Exception as e:  # a broken adapter is a failed sync too; the old version serves on
                 self.stats.sync_failures += 1
                 self.stats.last_sync_error = f"version {version}: {e!r}"
+                if loaded:  # the probe itself failed: the unverified version must not stay loaded
+                    try:
+                        self.backend.unload_lora(version)
+                    except Exception as unload_err:
+                        log.warning("unloading unverified adapter version %d failed: %r", version, unload_err)
                 if isinstance(adapter, (bytes, bytearray)):
                     self._drop_dir(path)
                 raise

@@ -193,6 +193,22 @@ def test_a_failed_unload_of_an_evicted_version_is_logged_and_loses_nothing(tmp_p
     assert s.generate([Request(PROMPT, [], ["+"])])[0].version == 2
 
 
+def test_a_probe_that_raises_unloads_the_unverified_version(tmp_path):
+    """The adapter loaded but its check failed with an error: the push raises, the old version serves
+    on, and the new one does not stay loaded in the engine."""
+
+    class BrokenScore(FakeBackend):
+        def score(self, messages, images, gen_ids, version):
+            raise RuntimeError("scoring broke")
+
+    backend = BrokenScore()
+    s = VersionedSampler(backend, SamplerConfig())
+    with pytest.raises(RuntimeError, match="scoring broke"):
+        s.load_adapter(1, pack(_adapter(tmp_path, 1)), _probe(0.0))
+    assert sorted(backend.loaded) == [0] and s.version == 0 and s.stats.sync_failures == 1
+    assert s.generate([Request(PROMPT, [], ["+"])])[0].version == 0
+
+
 @pytest.fixture(scope="module")
 def hf(tiny_vlm_dir):
     return HFBackend(str(tiny_vlm_dir), seed=0)
