@@ -162,8 +162,9 @@ class SamplerConfig:
     gpu_memory_utilization: float = 0.5
     timeout_s: float = 120.0  # a runner's wait for one sampler call before it retries
     retries: int = 3  # sampler call retries before the runner gives up (raises)
-    batch_wait_s: float = 0.002  # micro-batching: how long the sampler waits for more callers
-    max_batch: int = 256  # micro-batching: requests per backend call at most
+    # micro-batching of the hf and scripted backends (vLLM batches all requests in flight itself):
+    batch_wait_s: float = 0.002  # how long the sampler waits for more callers
+    max_batch: int = 256  # requests per backend call at most
     # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
     # advertise them (`ray start --resources='{"collector": 8}'`)
     resources: dict[str, float] = field(default_factory=dict)
