@@ -291,7 +291,6 @@ class LearnerGroup:
         self,
         model_cfg: ModelConfig,
         cfg: LearnerConfig,
-        num_cpus: float = 1,
         model_files: tuple | None = None,
     ):
         import ray
@@ -302,7 +301,7 @@ class LearnerGroup:
         W = cfg.num_workers
         gpus = worker_gpus(cfg, ray.cluster_resources())
         # what each worker takes: any node that has it may hold a worker (and must see the checkpoints)
-        self.bundle = bundle = {"CPU": num_cpus, **({"GPU": gpus} if gpus else {}), **cfg.resources}
+        self.bundle = bundle = {"CPU": cfg.num_cpus, **({"GPU": gpus} if gpus else {}), **cfg.resources}
         # one bundle per worker, packed onto as few nodes as fit: the all-reduce is fastest within a node
         self.pg = placement_group([bundle] * W, strategy="PACK")
         if not self.pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
@@ -311,7 +310,8 @@ class LearnerGroup:
                 f"the learner's {W} worker(s) need {bundle} each and the cluster could not place them in "
                 f"{PLACEMENT_TIMEOUT_S} s (it has {ray.cluster_resources()}); set learner.num_gpus / num_workers"
             )
-        actor = ray.remote(num_cpus=num_cpus, num_gpus=gpus, resources=cfg.resources)(Learner)
+        # Ray sets the worker's OMP_NUM_THREADS to its CPUs, so torch runs that many threads
+        actor = ray.remote(num_cpus=cfg.num_cpus, num_gpus=gpus, resources=cfg.resources)(Learner)
         self.workers = [
             actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote(
                 model_cfg, cfg, model_files

@@ -28,7 +28,7 @@ def test_runners_spread_over_nodes_the_sampler_and_the_learner_take_gpus(tmp_pat
     if ray.is_initialized():  # a module before this one left a local instance; the cluster needs its own
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    gpu_node = cluster.add_node(num_cpus=3, num_gpus=2)  # GPUs as a resource only: placement, not CUDA
+    gpu_node = cluster.add_node(num_cpus=4, num_gpus=2)  # GPUs as a resource only: placement, not CUDA
     try:
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         cluster.wait_for_nodes()
@@ -42,11 +42,16 @@ def test_runners_spread_over_nodes_the_sampler_and_the_learner_take_gpus(tmp_pat
         assert all(s["turns"] >= 20 for s in stats)
         assert len({s["node_id"] for s in stats}) == 2  # one runner on each node
         assert ray.get(samplers[0].stats.remote())["node_id"] == gpu_node.node_id
-        # the learner worker: in a placement group bundle with the cluster's other GPU
-        group = LearnerGroup(ModelConfig(path=str(tiny_text_dir), text_only=True), LearnerConfig())
-        where = lambda self: (ray.get_runtime_context().get_node_id(), ray.get_gpu_ids())  # noqa: E731
-        node, gpu_ids = ray.get(group.workers[0].__ray_call__.remote(where))
+        # the learner worker: in a placement group bundle with the cluster's other GPU and its 2 CPUs,
+        # which torch runs as 2 threads
+        group = LearnerGroup(ModelConfig(path=str(tiny_text_dir), text_only=True), LearnerConfig(num_cpus=2))
+
+        def where(self):
+            return ray.get_runtime_context().get_node_id(), ray.get_gpu_ids(), torch.get_num_threads()
+
+        node, gpu_ids, threads = ray.get(group.workers[0].__ray_call__.remote(where))
         assert node == gpu_node.node_id and len(gpu_ids) == 1
+        assert group.bundle["CPU"] == 2 and threads == 2
         group.shutdown()
     finally:
         ray.shutdown()

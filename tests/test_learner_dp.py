@@ -22,7 +22,7 @@ def test_two_workers_equal_one_worker(ray_local, tiny_vlm_dir):
     model_cfg = ModelConfig(path=str(tiny_vlm_dir))
     cfg = LearnerConfig(num_workers=2, lr=1e-2, critic_lr=1e-2, tau=0.1)
     single = Learner(model_cfg, cfg)
-    group = LearnerGroup(model_cfg, cfg, num_cpus=1)
+    group = LearnerGroup(model_cfg, cfg)
     try:
         for step in range(2):
             batch = turns if step == 0 else turns[::-1]

@@ -138,6 +138,9 @@ class LearnerConfig:
     # GPUs per learner worker: -1 one when the cluster advertises GPUs, none when it does not (the
     # cluster decides, not the driver's node: a head is often CPU-only); >= 0 exactly that many
     num_gpus: float = -1
+    # CPUs per learner worker: Ray reserves them and torch runs as many threads. On a CPU-only machine
+    # the learner is what the offline phase waits on (docs/driver.md); more than one thread pays there
+    num_cpus: int = 1
     # custom Ray resources each actor asks for, e.g. {"collector": 1}: pins the role to nodes that
     # advertise them (`ray start --resources='{"collector": 8}'`)
     resources: dict[str, float] = field(default_factory=dict)
@@ -427,7 +430,7 @@ def validate_learner(cfg: LearnerConfig) -> None:
         critic_coef=">= 0",
         reward_scale="> 0", sft_warmup_steps=">= 0", beta=">= 0", w_max="> 0", offline_steps=">= 0",
         online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
-        max_restarts=">= 0", num_gpus=">= -1",
+        max_restarts=">= 0", num_gpus=">= -1", num_cpus=">= 1",
     )  # fmt: skip
     _resources(cfg, "learner")
     if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
