@@ -55,7 +55,7 @@ log = logging.getLogger("pretrained")
 OUT = REPO / "benchmarks" / "results" / "pretrained.json"
 ENVS = ("numberline", "blackjack")
 PARTS = ("models", "learner", "sampler", "pipeline", "envs")
-METHODS = ["sft_plain", "afsft_online"]  # afsft_online's run also gives base and afsft
+METHODS = ["afsft_online", "sft_plain"]  # afsft_online's run also gives base and afsft
 LEARNER_STEPS, LEARNER_WARMUP = 6, 1
 
 
@@ -249,7 +249,9 @@ def part_pipeline(root: Path, turns: int) -> dict:
 
 
 # -- envs --------------------------------------------------------------------------------------
-def part_envs(root: Path, envs: list[str], seeds: list[int], sets: list[str], out: dict, save) -> None:
+def part_envs(
+    root: Path, envs: list[str], seeds: list[int], methods: list[str], sets: list[str], out: dict, save
+) -> None:
     mcfg = model_cfg(root)
     for env in envs:
         config = str(REPO / "configs" / f"smollm2_{env}.yaml")
@@ -257,7 +259,7 @@ def part_envs(root: Path, envs: list[str], seeds: list[int], sets: list[str], ou
         for seed in seeds:
             t0 = time.time()
             cells = run_task(
-                config, f"smollm2-{env}", seed, [f"model.path={mcfg.path}", *sets], root, METHODS, base=True
+                config, f"smollm2-{env}", seed, [f"model.path={mcfg.path}", *sets], root, methods, base=True
             )
             merge(entry, seed, cells)
             entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - t0, 1)
@@ -271,6 +273,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     ap.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="envs: a subset")
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every envs run")
     ap.add_argument("--root", default=str(REPO / "runs" / "pretrained"), help="models, datasets and runs")
     ap.add_argument("--threads", type=int, default=2)
@@ -296,7 +299,7 @@ def main() -> None:
             out["pipeline"] = part_pipeline(root, turns=96)
             out["pipeline_ratio_vllm"] = out["pipeline"]["pipeline_ratio_vllm"]
         else:
-            part_envs(root, args.envs, args.seeds, args.set, out, save)
+            part_envs(root, args.envs, args.seeds, args.methods, args.set, out, save)
         out["machine"] = f"{os.cpu_count()} CPU cores, no GPU"
         save()
     print(json.dumps({k: v for k, v in out.items() if k != "envs"}, indent=1))
