@@ -56,7 +56,7 @@ OUT = REPO / "benchmarks" / "results" / "pretrained.json"
 ENVS = ("numberline", "blackjack")
 PARTS = ("models", "learner", "sampler", "pipeline", "envs")
 METHODS = ["afsft_online", "sft_plain"]  # afsft_online's run also gives base and afsft
-LEARNER_STEPS, LEARNER_WARMUP = 6, 1
+LEARNER_WARMUP = 1
 
 
 def model_cfg(root: Path) -> ModelConfig:
@@ -111,7 +111,7 @@ def bare_step(learner, turns) -> float:
     return time.perf_counter() - t0
 
 
-def part_learner(root: Path, threads: int) -> dict:
+def part_learner(root: Path, threads: int, steps: int) -> dict:
     import torch
     from numberline_offline import collect
 
@@ -123,8 +123,8 @@ def part_learner(root: Path, threads: int) -> dict:
     cfg = dataclasses.replace(cfg, sft_warmup_steps=0)  # the critic's filter runs from the first step
     turns = collect(40, seed=0, obs_mode="text")[0]
     b = cfg.batch_size
-    batches = [turns[i * b : (i + 1) * b] for i in range(LEARNER_WARMUP + LEARNER_STEPS)]
-    out: dict = {"batch_size": b, "threads": threads, "steps": LEARNER_STEPS}
+    batches = [turns[i * b : (i + 1) * b] for i in range(LEARNER_WARMUP + steps)]
+    out: dict = {"batch_size": b, "threads": threads, "steps": steps}
     for mode, key in (("never", "float32"), ("always", "bf16")):
         learner = Learner(mcfg, dataclasses.replace(cfg, bf16=mode))
         times, losses, bare = [], [], []
@@ -277,6 +277,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every envs run")
     ap.add_argument("--root", default=str(REPO / "runs" / "pretrained"), help="models, datasets and runs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--learner-steps", type=int, default=6, help="timed updates per mode, after one warm-up")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     root, out_path = Path(args.root).absolute(), Path(args.out)
@@ -290,7 +291,7 @@ def main() -> None:
         if part == "models":
             out["models"] = part_models(root)
         elif part == "learner":
-            out["learner"] = part_learner(root, args.threads)
+            out["learner"] = part_learner(root, args.threads, args.learner_steps)
             out["learner_overhead"] = out["learner"]["learner_overhead"]
         elif part == "sampler":
             s = out["sampler"] = part_sampler(root, args.threads, batches=(8, 32), calls=2)
