@@ -2,7 +2,8 @@
 
 Runners use Ray's SPREAD scheduling strategy (best effort: each runner goes to the least loaded
 node), so env stepping, which is CPU work, uses every node's cores. A sampler asks for one GPU when
-the cluster has GPUs (vLLM / transformers then see exactly that device) and otherwise one CPU.
+the cluster has GPUs (vLLM / transformers then see exactly that device) and otherwise
+`sampler.num_cpus` CPUs, which its engine runs as threads.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def start_samplers(
     samplers = [
         Sampler.options(
             num_gpus=1 if gpus else 0,
-            num_cpus=1,
+            num_cpus=1 if gpus else cfg.sampler.num_cpus,  # Ray sets OMP_NUM_THREADS to it
             max_restarts=-1,
             scheduling_strategy="SPREAD",
             resources=cfg.sampler.resources,

@@ -17,6 +17,8 @@ piece by piece and a later run keeps what an earlier one measured:
 - envs: per env (numberline, blackjack) and seed, the columns base (the untrained model's greedy
   evaluation), dataset (the base model's own episodes at temperature 1), sft_plain, afsft and
   afsft_online, through `vlmq train --config configs/smollm2_<env>.yaml` (benchmarks/suite.run_task).
+  The dataset is collected first with the sampler on every core (`sampler.num_cpus`): nothing else
+  runs then, and the runs reuse it.
 
     .venv/bin/python benchmarks/pretrained.py --parts learner sampler pipeline
     .venv/bin/python benchmarks/pretrained.py --parts envs --envs numberline --seeds 0
@@ -256,6 +258,21 @@ def part_envs(
     for env in envs:
         config = str(REPO / "configs" / f"smollm2_{env}.yaml")
         entry = out["envs"].setdefault(env, {})
+        data = root / f"smollm2-{env}" / "dataset"
+        if not (data / "meta.json").exists():  # the base model plays on every core: nothing else runs
+            cores = f"sampler.num_cpus={os.cpu_count()}"
+            out.setdefault("collect_s", {})[env] = vlmq(
+                "data",
+                "collect",
+                "--config",
+                config,
+                "--out",
+                str(data),
+                f"model.path={mcfg.path}",
+                cores,
+                *sets,
+            )
+            save()
         for seed in seeds:
             t0 = time.time()
             cells = run_task(

@@ -342,6 +342,22 @@ def test_sampler_actor_micro_batches_concurrent_callers(ray_local):
     assert ray.get(sampler.generate.remote([])) == []
 
 
+def test_a_sampler_without_gpus_takes_sampler_num_cpus_as_its_threads(ray_local, tmp_path):
+    """On a CPU-only cluster each sampler reserves `sampler.num_cpus` CPUs, and its process is told to
+    run as many threads (OMP_NUM_THREADS, which vLLM-CPU's binding and torch read)."""
+    import os
+
+    from actors.placement import start_samplers
+    from vlmq.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.path = "/nonexistent"
+    cfg.sampler.backend, cfg.sampler.num_cpus = "scripted", 2
+    (sampler,) = start_samplers(cfg, tmp_path)
+    assert ray.get(sampler.__ray_call__.remote(lambda self: os.environ["OMP_NUM_THREADS"])) == "2"
+    ray.kill(sampler)
+
+
 def test_a_fresh_sampler_actor_ignores_an_old_runs_state(ray_local, tmp_path):
     from actors.scripted_backend import ScriptedBackend
 

@@ -157,6 +157,9 @@ class SamplerConfig:
     # and 2 CPU cores: docs/actors.md, "Sampler engines".
     backend: Literal["vllm", "hf", "scripted"] = "vllm"
     num_samplers: int = 1
+    # CPUs per sampler where the cluster has no GPUs: Ray reserves them and vLLM or torch runs as many
+    # threads (a 135M model's collection on one core: 64 tokens/s, benchmarks/pretrained.py)
+    num_cpus: int = 1
     temperature: float = 1.0
     max_tokens: int = 32
     resident_versions: int = 3  # LoRA versions kept loaded so in-flight episodes finish on their own
@@ -444,7 +447,7 @@ def validate_learner(cfg: LearnerConfig) -> None:
 
 def validate_sampler(cfg: SamplerConfig) -> None:
     _ranges(
-        cfg, "sampler", num_samplers=">= 1", temperature=">= 0", max_tokens=">= 1", resident_versions=">= 1",
+        cfg, "sampler", num_samplers=">= 1", num_cpus=">= 1", temperature=">= 0", max_tokens=">= 1", resident_versions=">= 1",
         probe_tolerance=">= 0", gpu_memory_utilization="in (0, 1]", timeout_s="> 0", retries=">= 0",
         batch_wait_s=">= 0", max_batch=">= 1",
     )  # fmt: skip
