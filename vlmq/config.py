@@ -145,7 +145,7 @@ class LearnerConfig:
     # advertise them (`ray start --resources='{"collector": 8}'`)
     resources: dict[str, float] = field(default_factory=dict)
     # bf16 autocast of the backbone (the heads, V and log-softmax stay float32): "cuda" on GPUs only,
-    # "always" on CPUs too (worth it where the CPU has AMX-bf16: benchmarks/pretrained.py), "never"
+    # "always" on CPUs too (15x slower than float32 on this project's AMX-bf16 CPU: docs/models.md), "never"
     bf16: Literal["cuda", "always", "never"] = "cuda"
     seed: int = 0
 
