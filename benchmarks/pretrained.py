@@ -262,7 +262,8 @@ def part_envs(
         entry = out["envs"].setdefault(env, {})
         data, kept = root / f"smollm2-{env}" / "dataset", KEPT / f"smollm2-{env}"
         if not (data / "meta.json").exists() and (kept / "meta.json").exists():
-            shutil.copytree(kept, data)  # the committed copy: its collection took 82 min on one core
+            # the committed copy (its collection took 82 min on one core), over a stopped run's empty folder
+            shutil.copytree(kept, data, dirs_exist_ok=True)
         if not (data / "meta.json").exists():  # the base model plays on every core: nothing else runs
             cores = f"sampler.num_cpus={os.cpu_count()}"
             out.setdefault("collect_s", {})[env] = vlmq(
