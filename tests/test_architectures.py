@@ -77,6 +77,22 @@ def _types(learner, ids):
     return token_types(learner.model.peft.get_base_model().config, ids)
 
 
+def test_hf_sampler_generates_in_a_padded_batch_what_it_scores_and_the_learner_reads(arch):
+    from actors.hf_backend import HFBackend
+    from actors.protocol import Request
+
+    name, path, turns = arch
+    backend = HFBackend(str(path), text_only=name == "text")
+    learner = _learner(arch)
+    done = backend.generate([Request(t.messages, t.images, [], max_tokens=6) for t in turns[:3]], version=0)
+    for t, c in zip(turns, done):
+        assert c.prompt_ids == encode_prompt(learner.processor, t.messages, t.images)["input_ids"]
+        scored = backend.score(t.messages, t.images, c.gen_ids, 0)
+        ours = learner.reference_logprobs(t.messages, t.images, c.gen_ids)
+        assert max(abs(a - b) for a, b in zip(c.logprobs, scored)) <= TOL, name
+        assert max(abs(a - b) for a, b in zip(scored, ours)) <= TOL, name
+
+
 @pytest.mark.slow
 def test_vllm_serves_the_exported_adapter_with_the_learners_logprobs(arch, tmp_path):
     from actors.protocol import Request
@@ -104,3 +120,14 @@ def test_vllm_serves_the_exported_adapter_with_the_learners_logprobs(arch, tmp_p
         )
     finally:
         backend.shutdown()
+
+
+def test_torchvision_imports_in_a_fresh_interpreter():
+    """The Qwen processors need torchvision; on CPU setups PyPI's CUDA build imports through
+    deploy/torchvision_cpu_guard.py, which `make setup` installs (docs/models.md)."""
+    import subprocess
+    import sys
+
+    code = "import torchvision.transforms.v2.functional as F, torch; print(F.resize(torch.zeros(3, 8, 8), [4, 4]).shape)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "[3, 4, 4]" in out.stdout, out.stderr[-2000:]
