@@ -16,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 help: ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "%-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-setup: $(STAMP) ## create .venv/ and install the project (again only when pyproject.toml or the Makefile change)
+setup: $(STAMP) ## create .venv/ and install the project (again only when its dependency files change)
 
 $(STAMP): pyproject.toml Makefile deploy/torchvision_cpu_guard.py
 	test -x $(PY) || python3 -m venv .venv
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile deploy/torchvision_cpu_guard.py
 	# .pth file, lets it import on CPU torch.
 	case "$(EXTRAS)" in cpu*) $(PIP) uninstall -q -y torchaudio torchcodec || true; \
 		site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-		cp deploy/torchvision_cpu_guard.py "$$site/" && echo "import torchvision_cpu_guard" > "$$site/torchvision_cpu_guard.pth" ;; esac
+		test -n "$$site" && cp deploy/torchvision_cpu_guard.py "$$site/" && echo "import torchvision_cpu_guard" > "$$site/torchvision_cpu_guard.pth" ;; esac
 	# MiniWoB needs a browser; Playwright cannot download its own here, Debian's chromium works.
 	if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \

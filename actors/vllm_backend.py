@@ -80,6 +80,9 @@ class VLLMBackend:
             max_loras=max_loras,
             max_lora_rank=max_lora_rank,
             disable_log_stats=True,
+            # causal everywhere, as the learner trains (learner.model.load_backbone): on GPU vLLM
+            # otherwise attends both ways across the image tokens of prefix-LMs such as PaliGemma
+            hf_overrides={"is_mm_prefix_lm": False},
             **({} if text_only else {"limit_mm_per_prompt": {"image": max_images}}),
         )
         self.engine = AsyncLLM.from_engine_args(args)
@@ -189,16 +192,18 @@ class VLLMBackend:
 
         if not gen_ids:
             return []
-        prompt = self._prompt(messages, images, self.reply_prefix + list(gen_ids))
+        gen = list(gen_ids)
+        prompt = self._prompt(messages, images, (self.reply_prefix if images else []) + gen)
         params = SamplingParams(
             max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
         )
         (out,) = self._complete([prompt], [params], self._lora(version))
-        ids, n = out.prompt_token_ids, len(gen_ids)
-        # the continuation ends the prompt, unless the model's processor appends a token of its own
-        # after it (PaliGemma's "\n", which vLLM adds when the prompt does not end in one): then it
-        # is the last place where the ids match it
-        start = next(s for s in range(len(ids) - n, -1, -1) if ids[s : s + n] == list(gen_ids))
+        ids, n = out.prompt_token_ids, len(gen)
+        # the continuation ends the prompt, or one token before its end where the model's processor
+        # appends a token of its own (PaliGemma's "\n", which vLLM adds to an image prompt without one)
+        start = next((s for s in (len(ids) - n, len(ids) - n - 1) if ids[s : s + n] == gen), None)
+        if start is None:
+            raise ValueError(f"vLLM's prompt ids do not end in the continuation: ...{ids[-n - 2 :]} vs {gen}")
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, start + n)]
 
     def shutdown(self) -> None:

@@ -48,7 +48,7 @@ def measure(arch: str, root: Path) -> dict:
     times = []
     for i in range(4):
         t0 = time.perf_counter()
-        learner.step(turns[(i * 16) % len(turns) :][:16])
+        learner.step([turns[(i * 16 + j) % len(turns)] for j in range(16)])
         times.append(time.perf_counter() - t0)
     folder = unpack(learner.adapter_bytes(), root / f"{arch}-adapter")
     t0 = time.perf_counter()
@@ -70,7 +70,9 @@ def measure(arch: str, root: Path) -> dict:
                     learner.processor,
                     learner.cfg,
                 )
-            except ValueError:
+            except ValueError as err:
+                if "token-in/token-out" not in str(err):
+                    raise
                 equal = False
     finally:
         backend.shutdown()
@@ -92,7 +94,7 @@ def main() -> None:
         for arch in args.archs:
             out[arch] = measure(arch, Path(tmp))
             log.info("%s: %s", arch, out[arch])
-            out["machine"] = f"{os.cpu_count()} CPU cores, no GPU"
+            out["machine"] = f"{os.cpu_count()} CPU cores, vLLM-CPU"
             OUT.write_text(json.dumps(out, indent=1) + "\n")  # each architecture lands as it finishes
 
 

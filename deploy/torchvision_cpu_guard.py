@@ -7,9 +7,11 @@ torchvision is Python on torch, and that is all the Qwen2-VL processors use (ima
 resizing), so this hook, run from a .pth file at interpreter start, waits for the first `import
 torchvision` and, only when the ops library fails to load, defines the two schemas those
 registrations need. The ops themselves stay unavailable (calling nms raises). Nothing is imported
-until torchvision is; with a working torchvision (a GPU install) the hook does nothing.
+until something looks torchvision up (an import, or a `find_spec` probe such as transformers'); with
+a working torchvision (a GPU install) the hook defines nothing.
 """
 
+import glob
 import importlib.abc
 import importlib.util
 import os
@@ -26,9 +28,14 @@ class _Guard(importlib.abc.MetaPathFinder):
             return None
         import torch
 
+        libs = glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so"))  # as torchvision finds it
         try:
-            torch.ops.load_library(os.path.join(os.path.dirname(spec.origin), "_C.so"))
-        except OSError:
+            torch.ops.load_library(libs[0])
+        except (
+            IndexError,
+            ImportError,
+            OSError,
+        ):  # none, or one that cannot load (torchvision catches the same)
             for op in ("nms", "qnms"):
                 torch.library.define(
                     f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"

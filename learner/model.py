@@ -22,9 +22,9 @@ VISION_MODULES = r".*(vision_model|visual|vision_tower|vision_encoder|connector|
 
 
 def load_backbone(path: str, text_only: bool = False, dtype: str = "float32"):
-    """The base model (image-text-to-text, or a causal LM in text mode), always causal. vLLM serves
-    every model causally, and transformers' PaliGemma otherwise attends both ways over the whole
-    sequence when it is given no token_type_ids: a position would see the tokens after it."""
+    """The base model (image-text-to-text, or a causal LM in text mode), always causal, as the vLLM
+    backend serves it: transformers' PaliGemma otherwise attends both ways over the whole sequence
+    when it is given no token_type_ids, and a position would see the tokens after it."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(path)

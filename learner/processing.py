@@ -15,15 +15,17 @@ from PIL import Image
 
 from replay.turn import count_placeholders
 
-# Processor outputs with one entry per token: functions of the ids, so `token_types` rebuilds them for
-# whatever sequence a model runs on (prompt plus generation, padded) instead of carrying the prompt's.
+# Processor outputs with one entry per token, dropped by `encode_prompt`: they are functions of the
+# ids, so `token_types` rebuilds those a model needs for whatever sequence it runs on (prompt plus
+# generation, padded). PaliGemma's `token_type_ids` is not rebuilt: it would make the prompt attend
+# both ways, and every model runs causal (learner.model.load_backbone).
 PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 
 def token_types(config, input_ids):
     """The per-token inputs a model's forward needs: Qwen2-VL's and Qwen2.5-VL's M-RoPE finds images
     by `mm_token_type_ids` (1 image, 2 video); other models need none."""
-    if getattr(config, "vision_start_token_id", None) is None:
+    if getattr(config, "vision_start_token_id", None) is None:  # the Qwen-VL families' marker
         return {}
     types = (input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int()
     return {"mm_token_type_ids": types}
@@ -61,7 +63,7 @@ def text_to_gen_ids(tokenizer, text: str, max_tokens: int = 0) -> list[int]:
 def reply_prefix_ids(processor) -> list[int]:
     """The ids a model's processor puts between the chat text and the reply, which a scorer given
     the prompt and the reply as one text must put back: PaliGemma's processor (and vLLM's) end every
-    prompt in "\n"; other models none."""
+    prompt with images in "\n"; other models none."""
     if type(processor).__name__ != "PaliGemmaProcessor":
         return []
     return processor.tokenizer("\n", add_special_tokens=False)["input_ids"]

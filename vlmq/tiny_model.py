@@ -2,11 +2,11 @@
 
 Machines here have no model hub, so the project makes its own model: a byte-level BPE tokenizer
 trained on the environments' own prompts and outputs, a chat template with image placeholders, and
-a tiny Llama-sized language model (2 layers, width 64) with a tiny vision tower. The default is an
-Idefics3 (SmolVLM) model, whose PIL processor needs only numpy and Pillow; `arch` builds the same
-language model inside Qwen2.5-VL, Qwen2-VL, LLaVA or PaliGemma (their processors, placeholders and
-quirks: docs/models.md), or a text-only Llama with the same tokenizer. transformers and vLLM load
-every one.
+a tiny language model (2 layers, width 64) with a tiny vision tower. The default is an Idefics3
+(SmolVLM) model with a Llama LM, whose PIL processor needs only numpy and Pillow; `arch` builds one
+of the same size as Qwen2.5-VL, Qwen2-VL (Qwen2 LMs), LLaVA (Llama) or PaliGemma (Gemma), each with
+its own processor, placeholders and quirks (docs/models.md), or a text-only Llama with the same
+tokenizer. transformers and vLLM load every one.
 
 Everything is deterministic: the same seed gives byte-identical files.
 """
@@ -100,31 +100,10 @@ def _train_tokenizer(extra: tuple[str, ...] = (), template: str = CHAT_TEMPLATE)
     )
 
 
-def _text_config(tokenizer, **extra):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,  # head_dim 32: the smallest vLLM's CPU attention supports
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        **extra,
-    )
-
-
-LM_HEAD_SCALE = 16.0
-
-
-# The language model every architecture gets: 2 layers, width 64, head_dim 32 (the smallest vLLM's CPU
-# attention supports). The vision towers are as small: width 32, one head, 2 layers, and each turns a
-# 64x64 image into 16 image tokens.
+# The language model's size in every architecture (each in its own family: Llama, Qwen2, Gemma): 2
+# layers, width 64, head_dim 32 (the smallest vLLM's CPU attention supports). The vision towers are as
+# small: width 32, one head, 2 layers, and each turns a 64x64 image into IMAGE_SEQ_LEN (16) tokens:
+# Idefics3 and Qwen by 8x8 patches merged 2x2, LLaVA's CLIP and PaliGemma's SigLIP by 16x16 patches.
 LM = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -137,6 +116,8 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_att
 QWEN_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"  # the processor repeats <|image_pad|>
 ARCHS = ("idefics3", "qwen2_5_vl", "qwen2_vl", "llava", "paligemma", "text")
+VIT_PATCH = 16
+assert (IMAGE_SIZE // VIT_PATCH) ** 2 == IMAGE_SEQ_LEN
 
 
 def _ids(tokenizer) -> dict:
@@ -213,7 +194,7 @@ def _llava(tok):
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    vision = CLIPVisionConfig(**VISION, image_size=IMAGE_SIZE, patch_size=16, projection_dim=32)
+    vision = CLIPVisionConfig(**VISION, image_size=IMAGE_SIZE, patch_size=VIT_PATCH, projection_dim=32)
     config = LlavaConfig(
         vision_config=vision.to_dict(),
         text_config=_text_config(tok).to_dict(),
@@ -227,7 +208,7 @@ def _llava(tok):
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
     proc = LlavaProcessor(
-        image_processor=images, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
+        image_processor=images, tokenizer=tok, patch_size=VIT_PATCH, vision_feature_select_strategy="default",
         num_additional_image_tokens=1, chat_template=tok.chat_template,
     )  # fmt: skip
     return LlavaForConditionalGeneration(config), proc
@@ -250,7 +231,7 @@ def _paligemma(tok):
     text = dict(model_type="gemma", **LM, head_dim=32, hidden_activation="gelu_pytorch_tanh", **_ids(tok),
                 tie_word_embeddings=False, use_bidirectional_attention=False)  # fmt: skip
     config = PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", **VISION, image_size=IMAGE_SIZE, patch_size=16,
+        vision_config=dict(model_type="siglip_vision_model", **VISION, image_size=IMAGE_SIZE, patch_size=VIT_PATCH,
                            projection_dim=LM["hidden_size"]),
         text_config=text,
         image_token_index=tok.convert_tokens_to_ids(IMAGE),
