@@ -132,3 +132,27 @@ def test_torchvision_imports_in_a_fresh_interpreter():
     code = "import torchvision.transforms.v2.functional as F, torch; print(F.resize(torch.zeros(3, 8, 8), [4, 4]).shape)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "[3, 4, 4]" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_vlmq_train_runs_end_to_end(arch, ray_local, tmp_path):
+    """The whole loop through the driver on each architecture, by path: its own dataset, offline and
+    online updates, adapters pushed to the (hf) sampler, greedy evaluation."""
+    import json
+    from pathlib import Path
+
+    from vlmq.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "numberline.yaml"
+    name, path, _ = arch
+    text = name == "text"
+    main(
+        ["train", "--config", str(config), f"out_dir={tmp_path}", "name=run",
+         f"model.path={path}", "model.build_tiny=false", f"model.text_only={str(text).lower()}",
+         f"env.obs_mode={'text' if text else 'both'}", "data.episodes=4", "learner.batch_size=4",
+         "learner.offline_steps=2", "learner.online_steps=1", "learner.lr_decay_steps=0",
+         "learner.sft_warmup_steps=1", "learner.checkpoint_every=2", "learner.publish_every=1",
+         "sampler.backend=hf", "runner.envs_per_runner=2", "eval.episodes=2"]
+    )  # fmt: skip
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["updates"] == 3 and results["lora_versions"] >= 2, name
