@@ -28,14 +28,11 @@ class _Guard(importlib.abc.MetaPathFinder):
             return None
         import torch
 
-        libs = glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so"))  # as torchvision finds it
+        # as torchvision finds its ops library; none, or one that cannot load, is what it catches too
+        libs = glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so"))
         try:
             torch.ops.load_library(libs[0])
-        except (
-            IndexError,
-            ImportError,
-            OSError,
-        ):  # none, or one that cannot load (torchvision catches the same)
+        except (IndexError, ImportError, OSError):
             for op in ("nms", "qnms"):
                 torch.library.define(
                     f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"

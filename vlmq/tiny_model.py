@@ -72,7 +72,7 @@ def idefics3_processor(tokenizer, template: str):
     )
 
 
-def _train_tokenizer(extra: tuple[str, ...] = (), template: str = CHAT_TEMPLATE):
+def _train_tokenizer(extra: tuple[str, ...], template: str):
     """A byte-level BPE over the env vocabulary: any text encodes, frequent env words are one token.
     `extra`: an architecture's own image tokens, after the shared ones (so Idefics3's ids never move)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -129,10 +129,10 @@ def _ids(tokenizer) -> dict:
     )
 
 
-def _text_config(tokenizer, **extra):
+def _text_config(tokenizer):
     from transformers import LlamaConfig
 
-    return LlamaConfig(**LM, **_ids(tokenizer), tie_word_embeddings=False, **extra)
+    return LlamaConfig(**LM, **_ids(tokenizer), tie_word_embeddings=False)
 
 
 def _idefics3(tok):
