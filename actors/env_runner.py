@@ -102,6 +102,7 @@ class Runner:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self._episodes = 0
         self._stop = threading.Event()
+        self._allowed: int | None = None  # `run` holds its requests once totals["turns"] reaches it
         self._outbox: list[Turn] = []
         self._sending: tuple[Future, int] | None = None  # the add in flight and its turn count
         self.totals = collections.Counter()
@@ -122,18 +123,24 @@ class Runner:
         return self._record(
             self._train_seeds(),
             lambda: self._stop.is_set() or (target is not None and self.totals["turns"] >= target),
+            lambda: self._allowed is not None and self.totals["turns"] >= self._allowed,
         )
+
+    def allow(self, turns: int | None) -> None:
+        """Pace `run`: collect until this runner's turn count reaches `turns` (None: no limit), then hold
+        new sampler requests until the driver allows more. The driver paces runners to its learner."""
+        self._allowed = turns
 
     def play(self, seeds: Iterable[int]) -> dict:
         """One recorded episode per seed (a dataset), sent to replay; returns `stats()` once all are played.
         An episode whose env crashes is dropped and counted, as in `run`."""
         return self._record(iter(seeds), lambda: False)
 
-    def _record(self, seeds: Iterator[int], done) -> dict:
+    def _record(self, seeds: Iterator[int], done, paused=lambda: False) -> dict:
         mode = _Mode(self.cfg.sampler.temperature, self.cfg.runner.epsilon, True, seeds)
         t0 = time.perf_counter()
         try:
-            self._loop(self.slots, mode, done)
+            self._loop(self.slots, mode, done, paused=paused)
         finally:
             self._run_time += time.perf_counter() - t0
             self._send(force=True)
@@ -195,7 +202,9 @@ class Runner:
         }
 
     # ---- the loop --------------------------------------------------------------------------------
-    def _loop(self, slots: list[_Slot], mode: _Mode, done, results: list | None = None) -> None:
+    def _loop(
+        self, slots: list[_Slot], mode: _Mode, done, results: list | None = None, paused=lambda: False
+    ) -> None:
         n = min(self.cfg.runner.pipeline_groups, len(slots))
         groups = [slots[g::n] for g in range(n)]
         for s in slots:
@@ -211,8 +220,13 @@ class Runner:
             self.totals["wait_s"] += time.perf_counter() - t0
             for slot, comp in completions:
                 self._step(slot, comp, mode, results)
-            pending[g] = self._submit(groups[g], mode)
+            pending[g] = []
             self._send()
+            while paused() and not done():
+                self._stop.wait(0.05)
+            if done():
+                break
+            pending[g] = self._submit(groups[g], mode)
             g = (g + 1) % n
         for calls in pending:  # finish what is in flight: no sampler work is thrown away
             for slot, comp in self._collect(calls, mode):

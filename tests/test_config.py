@@ -121,6 +121,11 @@ def test_reward_range_must_hold_the_syntax_penalty():
         ("learner.publish_every=0", "learner.publish_every: 0 must be >= 1"),
         ("learner.max_updates_per_turn=0", "learner.max_updates_per_turn: 0.0 must be > 0"),
         (
+            "learner.max_turns_per_update=1",
+            "learner.max_turns_per_update: 1.0 must be 0 or >= 1 / "
+            "learner.max_updates_per_turn (2): runners and learner would each wait for the other",
+        ),
+        (
             "learner.num_workers=4 learner.batch_size=2",
             "learner.batch_size: 2 must be >= learner.num_workers",
         ),

@@ -220,3 +220,61 @@ def test_sampler_killed_mid_run_restarts_with_the_newest_adapter(
     assert st["turns"] >= 80 and st["policy_version"] == 5
     sst = ray.get(sampler.stats.remote())
     assert sst["restarted"] and sst["restored_version"] == 5 and sst["version"] == 5 and sst["requests"] > 0
+
+
+def _turns_when_still(runner, at_least: int, timeout: float = 30.0) -> int:
+    """The runner's turn count once it has reached `at_least` and stopped growing for half a second."""
+    deadline, last = time.time() + timeout, -1
+    while time.time() < deadline:
+        turns = ray.get(runner.stats.remote())["turns"]
+        if turns == last and turns >= at_least:
+            return turns
+        last = turns
+        time.sleep(0.5)
+    raise TimeoutError(f"the runner kept collecting: {turns} turns")
+
+
+@pytest.mark.slow
+def test_a_paced_runner_holds_at_its_allowance_and_goes_on_when_allowed_more(ray_local):
+    """`allow(n)`: a running runner stops submitting once it has n turns (what is in flight still lands:
+    at most one step of every env more), goes on when allowed more, and still stops on `stop()`."""
+    envs = 4
+    cfg = scripted_cfg("random", envs=envs)
+    runner = EnvRunner.remote(cfg, [Sampler.remote(cfg.sampler, cfg.model)], None, 0)
+    ray.get(runner.allow.remote(10))
+    run = runner.run.remote(None)
+    held = _turns_when_still(runner, 10)
+    assert 10 <= held <= 10 + envs
+    ray.get(runner.allow.remote(held + 30))
+    more = _turns_when_still(runner, held + 30)
+    assert held + 30 <= more <= held + 30 + envs
+    ray.get(runner.stop.remote())
+    # stopped while held: only the requests already in flight land, nothing new is submitted
+    assert more <= ray.get(run, timeout=30)["turns"] <= more + envs
+
+
+def test_the_driver_splits_the_runners_allowance_evenly_over_what_each_has():
+    """pace_runners: ratio * (updates + 1) + one step of every env, less what was collected, split
+    evenly on top of each runner's own count; nothing more while the runners are ahead."""
+    from types import SimpleNamespace
+
+    from vlmq.driver import Driver
+
+    allowed = {}
+
+    class Fake:
+        def __init__(self, i):
+            self.allow = SimpleNamespace(remote=lambda n: allowed.__setitem__(i, n))
+
+    cfg = RunConfig()
+    cfg.learner.max_turns_per_update, cfg.runner.envs_per_runner = 4.0, 4
+    driver = SimpleNamespace(cfg=cfg, runners=[Fake(0), Fake(1)])
+    stats = [{"turns": 12}, {"turns": 8}]
+    Driver.pace_runners(driver, stats, turns=20, updates=3)  # 4 * 4 + 8 - 20 = 4 turns more: 2 each
+    assert allowed == {0: 14, 1: 10}
+    Driver.pace_runners(driver, stats, turns=20, updates=0)  # 4 + 8 < 20: hold both where they are
+    assert allowed == {0: 12, 1: 8}
+    cfg.learner.max_turns_per_update = 0.0  # no pacing: no call
+    allowed.clear()
+    Driver.pace_runners(driver, stats, turns=20, updates=0)
+    assert allowed == {}

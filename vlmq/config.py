@@ -133,6 +133,9 @@ class LearnerConfig:
     checkpoint_every: int = 200
     publish_every: int = 50  # a new LoRA version for the samplers every k updates
     max_updates_per_turn: float = 0.5  # phase 2: at most this many updates per collected turn
+    # phase 2, the other bound: runners pause once they are this many turns per update ahead of the
+    # learner (0: never). On shared CPUs collection that outruns the learner only slows it (docs/driver.md)
+    max_turns_per_update: float = 0.0
     # a learner worker that dies: the group restarts from the latest checkpoint, this many times a job
     max_restarts: int = 3
     # GPUs per learner worker: -1 one when the cluster advertises GPUs, none when it does not (the
@@ -433,11 +436,17 @@ def validate_learner(cfg: LearnerConfig) -> None:
         critic_coef=">= 0",
         reward_scale="> 0", sft_warmup_steps=">= 0", beta=">= 0", w_max="> 0", offline_steps=">= 0",
         online_steps=">= 0", checkpoint_every=">= 1", publish_every=">= 1", max_updates_per_turn="> 0",
-        max_restarts=">= 0", num_gpus=">= -1", num_cpus=">= 1",
+        max_turns_per_update=">= 0", max_restarts=">= 0", num_gpus=">= -1", num_cpus=">= 1",
     )  # fmt: skip
     _resources(cfg, "learner")
     if len(cfg.reward_range) != 2 or not cfg.reward_range[0] < cfg.reward_range[1]:
         raise ConfigError(f"learner.reward_range: {cfg.reward_range} must be [min, max] with min < max")
+    if 0 < cfg.max_turns_per_update * cfg.max_updates_per_turn < 1:
+        raise ConfigError(
+            f"learner.max_turns_per_update: {cfg.max_turns_per_update} must be 0 or >= 1 / "
+            f"learner.max_updates_per_turn ({1 / cfg.max_updates_per_turn:g}): runners and learner would "
+            "each wait for the other"
+        )
     if cfg.batch_size < cfg.num_workers:
         raise ConfigError(
             f"learner.batch_size: {cfg.batch_size} must be >= learner.num_workers ({cfg.num_workers}): "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -415,6 +416,7 @@ class Driver:
         runs = [r.run.remote(None) for r in self.runners]
         self.count_stored()  # what earlier job runs stored, whatever their checkpoints say
         base_steps, t0, last, final = self.state.env_steps, time.time(), {}, []
+        first_update = self.state.updates
         self.retired_turns = 0
         self.monitor.phase("online", self.state.updates, self.state.env_steps)
         try:
@@ -422,6 +424,7 @@ class Driver:
                 stats = self.poll_runners(runs)
                 turns = self.retired_turns + sum(s["turns"] for s in stats)  # this job run's
                 self.state.env_steps = base_steps + turns
+                self.pace_runners(stats, turns, self.state.updates - first_update)
                 try:
                     if (
                         self.state.updates - cfg.offline_steps
@@ -451,6 +454,17 @@ class Driver:
                 self.replay.flush()
                 self.count_stored()
         self._record_slow(final, time.time() - t0)  # the actors' last stats, also for a short run
+
+    def pace_runners(self, stats: list[dict], turns: int, updates: int) -> None:
+        """Hold collection to learner.max_turns_per_update turns per update of this job run, plus one
+        step of every env: the runners' allowance, split evenly, on top of what each has collected."""
+        ratio = self.cfg.learner.max_turns_per_update
+        if not ratio:
+            return
+        envs = self.cfg.runner.envs_per_runner * len(self.runners)
+        share = max(0, math.ceil((ratio * (updates + 1) + envs - turns) / len(self.runners)))
+        for runner, s in zip(self.runners, stats):
+            runner.allow.remote(s["turns"] + share)
 
     def _report(self, stats: list[dict], turns: int, elapsed: float, last: dict) -> None:
         rate = turns / max(elapsed, 1e-6)
