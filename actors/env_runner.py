@@ -172,6 +172,7 @@ class Runner:
 
     def stats(self) -> dict:
         r = list(self.recent)
+        active = self._run_time - self.totals["held_s"]  # time held by the driver's pacing is not collecting
         steps = sum(x[3] for x in r)
         return {
             **{
@@ -192,9 +193,9 @@ class Runner:
             "success_rate": float(np.mean([x[1] for x in r])) if r else float("nan"),
             "syntax_accuracy": sum(x[2] * x[3] for x in r) / steps if steps else float("nan"),
             "last_return": r[-1][0] if r else float("nan"),
-            "turns_per_s": self.totals["turns"] / self._run_time if self._run_time else 0.0,
+            "turns_per_s": self.totals["turns"] / active if active > 0 else 0.0,
             # share of run time spent waiting for the sampler: near 1 means env work is fully hidden
-            "wait_fraction": self.totals["wait_s"] / self._run_time if self._run_time else 0.0,
+            "wait_fraction": self.totals["wait_s"] / active if active > 0 else 0.0,
             "policy_version": self.last_version,
             "index": self.index,
             "pid": os.getpid(),
@@ -221,12 +222,16 @@ class Runner:
             for slot, comp in completions:
                 self._step(slot, comp, mode, results)
             pending[g] = []
-            self._send()
-            while paused() and not done():
-                self._stop.wait(0.05)
+            if paused() and not done():  # held: what is finished goes where the learner can draw it
+                self._send(force=True)
+                t0 = time.perf_counter()
+                while paused() and not done():
+                    self._stop.wait(0.05)
+                self.totals["held_s"] += time.perf_counter() - t0
             if done():
                 break
             pending[g] = self._submit(groups[g], mode)
+            self._send()
             g = (g + 1) % n
         for calls in pending:  # finish what is in flight: no sampler work is thrown away
             for slot, comp in self._collect(calls, mode):

@@ -254,8 +254,9 @@ def test_a_paced_runner_holds_at_its_allowance_and_goes_on_when_allowed_more(ray
 
 
 def test_the_driver_splits_the_runners_allowance_evenly_over_what_each_has():
-    """pace_runners: ratio * (updates + 1) + one step of every env, less what was collected, split
-    evenly on top of each runner's own count; nothing more while the runners are ahead."""
+    """pace_runners: ratio * (online updates + 1) + one step of every env, less every turn counted
+    (a resumed run's earlier ones included), split evenly on top of each runner's own count; nothing
+    more while the runners are ahead."""
     from types import SimpleNamespace
 
     from vlmq.driver import Driver
@@ -274,6 +275,9 @@ def test_the_driver_splits_the_runners_allowance_evenly_over_what_each_has():
     assert allowed == {0: 14, 1: 10}
     Driver.pace_runners(driver, stats, turns=20, updates=0)  # 4 + 8 < 20: hold both where they are
     assert allowed == {0: 12, 1: 8}
+    # resumed: 100 turns stored and 30 online updates made before this job run: 4 * 31 + 8 - 120 = 12
+    Driver.pace_runners(driver, stats, turns=120, updates=30)
+    assert allowed == {0: 18, 1: 14}
     cfg.learner.max_turns_per_update = 0.0  # no pacing: no call
     allowed.clear()
     Driver.pace_runners(driver, stats, turns=20, updates=0)

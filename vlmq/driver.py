@@ -416,7 +416,6 @@ class Driver:
         runs = [r.run.remote(None) for r in self.runners]
         self.count_stored()  # what earlier job runs stored, whatever their checkpoints say
         base_steps, t0, last, final = self.state.env_steps, time.time(), {}, []
-        first_update = self.state.updates
         self.retired_turns = 0
         self.monitor.phase("online", self.state.updates, self.state.env_steps)
         try:
@@ -424,7 +423,7 @@ class Driver:
                 stats = self.poll_runners(runs)
                 turns = self.retired_turns + sum(s["turns"] for s in stats)  # this job run's
                 self.state.env_steps = base_steps + turns
-                self.pace_runners(stats, turns, self.state.updates - first_update)
+                self.pace_runners(stats, self.state.env_steps, self.state.updates - cfg.offline_steps)
                 try:
                     if (
                         self.state.updates - cfg.offline_steps
@@ -456,8 +455,11 @@ class Driver:
         self._record_slow(final, time.time() - t0)  # the actors' last stats, also for a short run
 
     def pace_runners(self, stats: list[dict], turns: int, updates: int) -> None:
-        """Hold collection to learner.max_turns_per_update turns per update of this job run, plus one
-        step of every env: the runners' allowance, split evenly, on top of what each has collected."""
+        """Hold collection to learner.max_turns_per_update turns per online update, plus one step of
+        every env: the runners' allowance, split evenly, on top of what each has collected. `turns` and
+        `updates` count as the learner's own wait does (every online update against every stored or
+        collected turn, earlier job runs' included), so whenever the learner waits for turns the
+        runners are allowed more (validate_learner refuses a ratio where they would not be)."""
         ratio = self.cfg.learner.max_turns_per_update
         if not ratio:
             return
