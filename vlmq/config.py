@@ -148,7 +148,8 @@ class LearnerConfig:
     # advertise them (`ray start --resources='{"collector": 8}'`)
     resources: dict[str, float] = field(default_factory=dict)
     # bf16 autocast of the backbone (the heads, V and log-softmax stay float32): "cuda" on GPUs only,
-    # "always" on CPUs too (15x slower than float32 on this project's AMX-bf16 CPU: docs/models.md), "never"
+    # "always" on CPUs too (15x slower than float32 on this project's CPUs, which lack AVX-512 and
+    # AMX: docs/models.md), "never"
     bf16: Literal["cuda", "always", "never"] = "cuda"
     seed: int = 0
 
