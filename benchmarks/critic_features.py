@@ -114,17 +114,19 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "smollm2_numberline.yaml", [f"model.path={args.model}"])
-    learner = Learner(cfg.model, cfg.learner)
-    unit = advantage_unit(cfg.learner)
     turns = load_turns(args.data)
-    gamma = cfg.learner.gamma if args.gamma is None else args.gamma
-    g = returns(turns, gamma)
-    tok = learner.processor.tokenizer if hasattr(learner.processor, "tokenizer") else learner.processor
-    if args.first_tokens:
-        table = first_tokens(turns, tok)
+    if args.first_tokens:  # the tokenizer is all it needs
+        from transformers import AutoTokenizer
+
+        table = first_tokens(turns, AutoTokenizer.from_pretrained(args.model))
         OUT.with_name(f"{OUT.stem}_first_tokens.json").write_text(json.dumps(table, indent=1) + "\n")
         print(json.dumps(table, indent=1))
         return
+    learner = Learner(cfg.model, cfg.learner)
+    tok = learner.processor.tokenizer if hasattr(learner.processor, "tokenizer") else learner.processor
+    unit = advantage_unit(cfg.learner)
+    gamma = cfg.learner.gamma if args.gamma is None else args.gamma
+    g = returns(turns, gamma)
     good = [t for t in turns if t.syntax_ok]
     bad = random.Random(0).sample([t for t in turns if not t.syntax_ok], args.ratio * len(good))
     chosen = good + bad
