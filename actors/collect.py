@@ -155,6 +155,7 @@ def collect(cfg: RunConfig, out: str, workers: int = 2) -> dict:
         "history": e.history,
         "syntax_penalty": e.syntax_penalty,
         "max_steps": e.max_steps,
+        "demo": e.demo,
         "env_kwargs": e.kwargs,
         "seed": d.seed,
         "episodes": d.episodes,

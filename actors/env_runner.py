@@ -435,7 +435,7 @@ class Runner:
 
     def _make_env(self):
         e = self.cfg.env
-        return make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, **e.kwargs)
+        return make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
 
     # ---- metrics -------------------------------------------------------------------------------
     def _record_metrics(self, record: tuple) -> None:

@@ -42,7 +42,7 @@ from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
 
 log = logging.getLogger("critic_features")
-DATA = REPO / "benchmarks" / "results" / "pretrained_data" / "smollm2-numberline"
+DATA = REPO / "benchmarks" / "results" / "pretrained_data" / "smollm2-numberline-nodemo"
 OUT = REPO / "benchmarks" / "results" / "critic_features.json"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from envs.base import OBS_MODES, EnvCrashed, Observation, VLMEnv, format_action, parse_action
+from envs.base import OBS_MODES, EnvCrashed, Observation, VLMEnv, demonstration, format_action, parse_action
 from envs.cards import Blackjack, EZPoints, NumberLine, Points24
 from vlmq.config import ENV_IDS
 
@@ -31,10 +31,23 @@ def make_env(
     syntax_penalty: float = -1.0,
     history: int = 0,
     max_steps: int = 0,
+    demo: bool = False,
     **kwargs,
 ) -> VLMEnv:
-    """An env by id; `kwargs` go to the env (e.g. `view="partial"` for BabyAI, `face_cards_as_10=False`)."""
+    """An env by id; `kwargs` go to the env (e.g. `view="partial"` for BabyAI, `face_cards_as_10=False`).
+    With `demo`, every prompt starts with a worked turn played on a second env of the same settings."""
     common = dict(obs_mode=obs_mode, syntax_penalty=syntax_penalty, history=history, max_steps=max_steps)
+    env = _build(env_id, common, kwargs)
+    if demo:
+        shown = _build(env_id, common, kwargs)
+        try:
+            env.demo = demonstration(shown)
+        finally:
+            shown.close()
+    return env
+
+
+def _build(env_id: str, common: dict, kwargs: dict) -> VLMEnv:
     if env_id in CARD_ENVS:
         return CARD_ENVS[env_id](**common, **kwargs)
     kind, _, name = env_id.partition(":")

@@ -117,6 +117,24 @@ def format_action(action: str, thoughts: str | None = None) -> str:
     return json.dumps(out)
 
 
+DEMO_SEED = 10_000  # the demonstration's state; evaluation and data seeds are far from it
+
+
+def demonstration(env: VLMEnv, seed: int = DEMO_SEED) -> list[dict]:
+    """One worked turn to put before every prompt: the env's expert answering a fixed state, as a user
+    message (its words; no image) and the assistant's well-formed answer. A pretrained model copies a
+    shown answer's format far more often than it follows a described one (docs/models.md)."""
+    obs, _ = env.reset(seed=seed)
+    action = env.expert_action()
+    if action is None:
+        raise ValueError(f"{env.env_id}: the expert has no move in the demonstration's state (seed {seed})")
+    text = env.prompt(obs)[0][-1]["content"][-1]["text"]
+    return [
+        {"role": "user", "content": [{"type": "text", "text": text}]},
+        {"role": "assistant", "content": [{"type": "text", "text": env.format_action(action)}]},
+    ]
+
+
 class VLMEnv(gym.Env):
     """Base class: subclasses supply the game (`_reset`, `_apply`, `legal_actions`, `_obs_text`,
     `render_image`, `expert_action`, `goal_reached`) and the prompt text (`description`, `action_doc`,
@@ -128,6 +146,7 @@ class VLMEnv(gym.Env):
     action_doc = ""  # the legal actions and what they do
     example_action = ""
     time_limit = 10  # turns, syntax errors included; max_steps > 0 overrides it
+    demo: list[dict] = []  # messages put before every prompt (`demonstration`); make_env(demo=True) sets them
     max_output_chars = MAX_OUTPUT_CHARS  # a longer output is a syntax error, unread
     # set by every env (before `VLMEnv.__init__`, which builds the observation space from them):
     frame_shape: tuple[int, int, int]  # (H, W, 3) of every rendered image
@@ -267,7 +286,8 @@ class VLMEnv(gym.Env):
         )
 
     def prompt(self, obs: Observation, history: Sequence[tuple[str, str]] = ()) -> tuple[list[dict], list]:
-        """Chat messages and images for a turn; the last `self.history` earlier turns are shown as text."""
+        """Chat messages and images for a turn, after `self.demo` if set; the last `self.history` earlier
+        turns are shown as text."""
         parts = [self.instructions()]
         if self.history and history:
             turns = [f"{o} Answer: {a}".strip() for o, a in list(history)[-self.history :]]
@@ -277,4 +297,4 @@ class VLMEnv(gym.Env):
         content: list[dict] = [{"type": "image"}] if obs.image is not None else []
         content.append({"type": "text", "text": "\n".join(parts)})
         images = [obs.image] if obs.image is not None else []
-        return [{"role": "user", "content": content}], images
+        return [*self.demo, {"role": "user", "content": content}], images

@@ -140,6 +140,7 @@ def test_collect_plays_the_runs_env_config(ray_local, tmp_path):
         ("env.history=2", "env.history"),
         ("env.syntax_penalty=-0.5", "env.syntax_penalty"),
         ("env.max_steps=3", "env.max_steps"),
+        ("env.demo=true", "env.demo"),
         ("env.kwargs={max_position: 7}", "env.kwargs"),
     ],
 )

@@ -289,6 +289,26 @@ def test_prompt_history():
     assert "Earlier" not in env0.prompt(obs, history)[0][0]["content"][-1]["text"]
 
 
+@pytest.mark.parametrize("env_id", ["numberline", "ezpoints", "points24", "blackjack"])
+def test_demo_puts_the_experts_worked_turn_before_every_prompt(env_id):
+    plain = envs.make_env(env_id, obs_mode="both")
+    env = envs.make_env(env_id, obs_mode="both", demo=True)
+    shown = envs.make_env(env_id, obs_mode="text")
+    shown_obs, _ = shown.reset(seed=envs.base.DEMO_SEED)
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        plain_messages, plain_images = plain.prompt(plain.reset(seed=seed)[0])
+        messages, images = env.prompt(obs)
+        user, answer = messages[0]["content"][-1]["text"], messages[1]["content"][-1]["text"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+        assert messages[0]["content"] == [{"type": "text", "text": user}]  # words only: the images stay one
+        assert user == shown.prompt(shown_obs)[0][0]["content"][-1]["text"]
+        assert answer == envs.format_action(shown.expert_action())  # the expert's move, well formed
+        assert shown.parse_agent(answer) == shown.expert_action()
+        assert messages[2:] == plain_messages and len(images) == len(plain_images) == 1  # the turn as without
+    assert envs.make_env(env_id).demo == []  # off by default
+
+
 def test_gym_registration():
     env = gym.make("vlmq/NumberLine-v0", obs_mode="text")
     obs, info = env.reset(seed=11)

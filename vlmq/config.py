@@ -59,6 +59,9 @@ class EnvConfig:
     history: int = 0  # last H turns shown in the prompt
     syntax_penalty: float = -1.0
     max_steps: int = 0  # 0: the env's own time limit
+    # a worked turn (the expert on a fixed state) before every prompt: SmolLM2 breaks the format in 98%
+    # of its samples without one, 15% with (docs/models.md); a random model gains nothing from it
+    demo: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -83,7 +83,7 @@ def check_resumable(cfg: RunConfig, ckpts: Checkpoints, ckpt: str) -> None:
 # values would train on prompts, rewards or episode ends its own env never produces.
 DATASET_MUST_MATCH = {
     "env_id": "id", "obs_mode": "obs_mode", "history": "history", "syntax_penalty": "syntax_penalty",
-    "max_steps": "max_steps", "env_kwargs": "kwargs",
+    "max_steps": "max_steps", "demo": "demo", "env_kwargs": "kwargs",
 }  # fmt: skip
 
 
@@ -215,7 +215,7 @@ class Driver:
         from learner.processing import load_processor, text_to_gen_ids
 
         e = self.cfg.env
-        env = make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, **e.kwargs)
+        env = make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
         obs, _ = env.reset(seed=self.cfg.eval.seed - 1)
         messages, images = env.prompt(obs)
         text = env.format_action(obs.legal_actions[0])
