@@ -155,7 +155,7 @@ VALUES = {"A": 1, "J": 10, "Q": 10, "K": 10}
 
 def text_key(env_id: str, messages: list) -> tuple:
     """The exact-value key of a prompt, read back from the state in words (obs_mode both or text)."""
-    text = messages[0]["content"][-1]["text"]
+    text = messages[-1]["content"][-1]["text"]
     if env_id == "numberline":
         goal, pos = re.search(r"Target: (\d)\. Current: (\d)\.", text).groups()
         return int(pos), int(goal)

@@ -75,7 +75,8 @@ def model_cfg(root: Path) -> ModelConfig:
 
 def prompts(n: int, temperature: float, max_tokens: int) -> list[Request]:
     """NumberLine's first prompt of n seeds, in words (as configs/smollm2_numberline.yaml plays it)."""
-    env, reqs = make_env("numberline", "text"), []
+    demo = load_config(REPO / "configs" / "smollm2_numberline.yaml").env.demo
+    env, reqs = make_env("numberline", "text", demo=demo), []
     for seed in range(n):
         obs, _ = env.reset(seed=seed)
         messages, images = env.prompt(obs)

@@ -117,7 +117,7 @@ def format_action(action: str, thoughts: str | None = None) -> str:
     return json.dumps(out)
 
 
-DEMO_SEED = 10_000  # the demonstration's state; evaluation and data seeds are far from it
+DEMO_SEED = 10_000  # the demonstration's state: a worked example, below the evaluation seeds (eval.seed)
 
 
 def demonstration(env: VLMEnv, seed: int = DEMO_SEED) -> list[dict]:

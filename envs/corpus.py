@@ -34,7 +34,7 @@ def _play(env, episodes: int, rng: np.random.Generator, out: list[str]) -> None:
                 messages, _ = env.prompt(
                     Observation(o.text, None, o.legal_actions), history if ep % 2 else ()
                 )
-                out.append(messages[0]["content"][-1]["text"])
+                out.append(messages[-1]["content"][-1]["text"])
             env.obs_mode = "text"
             text = policy.act(obs.legal_actions, env.expert_action(), rng, env.format_action)
             if rng.random() < 0.3:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from replay.datasets import export, info
 from replay.shard import Shard
 from replay.store import read_folder
 from vlmq.cli import main
-from vlmq.config import ReplayConfig, load_config
+from vlmq.config import ConfigError, ReplayConfig, load_config
 from vlmq.driver import check_dataset
 
 
@@ -158,6 +159,19 @@ def test_training_on_a_dataset_of_another_env_config_is_refused_naming_the_field
     )
     assert not any(tmp_path.iterdir())  # refused before the run folder exists
     assert info(dataset)["turns"] > 0  # the dataset is untouched
+
+
+def test_a_dataset_older_than_the_demo_key_counts_as_collected_without_one(dataset, tmp_path):
+    """Datasets collected before `demo` was recorded had no worked turn in their prompts."""
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["demo"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    smoke = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
+    check_dataset(load_config(smoke, [f"data.path={old}"]))
+    with pytest.raises(ConfigError, match=r"collected with env\.demo=False"):
+        check_dataset(load_config(smoke, [f"data.path={old}", "env.demo=true"]))
 
 
 @pytest.mark.slow

@@ -85,17 +85,20 @@ DATASET_MUST_MATCH = {
     "env_id": "id", "obs_mode": "obs_mode", "history": "history", "syntax_penalty": "syntax_penalty",
     "max_steps": "max_steps", "demo": "demo", "env_kwargs": "kwargs",
 }  # fmt: skip
+RECORDED_LATER = {"demo": False}  # what a dataset older than the key was collected with
 
 
 def check_dataset(cfg: RunConfig) -> None:
     """Refuse a `data.path` that is no dataset, or was collected with another env config, naming the
-    field; keys its meta lacks (a dataset written before they were recorded) are not checked."""
+    field; of the keys its meta lacks (a dataset written before they were recorded) only those with a
+    known old value (RECORDED_LATER) are checked."""
     from replay.datasets import read_meta
 
     url = cfg.data.path
     meta = read_meta(url)
     if meta is None:
         raise FileNotFoundError(f"data.path {url} is not a dataset folder (no meta.json)")
+    meta = {**RECORDED_LATER, **meta}
     for key, name in DATASET_MUST_MATCH.items():
         if key in meta and meta[key] != getattr(cfg.env, name):
             raise ConfigError(
