@@ -31,17 +31,17 @@ def make_env(
     syntax_penalty: float = -1.0,
     history: int = 0,
     max_steps: int = 0,
-    demo: bool = False,
+    demo: int = 0,
     **kwargs,
 ) -> VLMEnv:
     """An env by id; `kwargs` go to the env (e.g. `view="partial"` for BabyAI, `face_cards_as_10=False`).
-    With `demo`, every prompt starts with a worked turn played on a second env of the same settings."""
+    With `demo` N > 0, every prompt starts with N worked turns played on a second env of the same settings."""
     common = dict(obs_mode=obs_mode, syntax_penalty=syntax_penalty, history=history, max_steps=max_steps)
     env = _build(env_id, common, kwargs)
     if demo:
         shown = _build(env_id, common, kwargs)
         try:
-            env.demo = demonstration(shown)
+            env.demo = demonstration(shown, demo)
         finally:
             shown.close()
     return env

@@ -117,22 +117,33 @@ def format_action(action: str, thoughts: str | None = None) -> str:
     return json.dumps(out)
 
 
-DEMO_SEED = 10_000  # the demonstration's state: a worked example, below the evaluation seeds (eval.seed)
+DEMO_SEED = 10_000  # the first demonstration state: worked examples, below the evaluation seeds (eval.seed)
 
 
-def demonstration(env: VLMEnv, seed: int = DEMO_SEED) -> list[dict]:
-    """One worked turn to put before every prompt: the env's expert answering a fixed state, as a user
+def demonstration(env: VLMEnv, turns: int) -> list[dict]:
+    """`turns` worked turns to put before every prompt: the expert answering fixed states, each a user
     message (its words; no image) and the assistant's well-formed answer. A pretrained model copies a
-    shown answer's format far more often than it follows a described one (docs/models.md)."""
-    obs, _ = env.reset(seed=seed)
-    action = env.expert_action()
-    if action is None:
-        raise ValueError(f"{env.env_id}: the expert has no move in the demonstration's state (seed {seed})")
-    text = env.prompt(obs)[0][-1]["content"][-1]["text"]
-    return [
-        {"role": "user", "content": [{"type": "text", "text": text}]},
-        {"role": "assistant", "content": [{"type": "text", "text": env.format_action(action)}]},
-    ]
+    shown answer's format far more often than it follows a described one, and it copies the move as
+    readily, so the shown moves differ (SmolLM2 shown only "+" then played "+" in 99.5% of its
+    well-formed turns: docs/models.md). States are the first seeds from DEMO_SEED with a new move."""
+    messages: list[dict] = []
+    moves: set[str] = set()
+    for seed in range(DEMO_SEED, DEMO_SEED + 1000):
+        if len(moves) == turns:
+            return messages
+        obs, _ = env.reset(seed=seed)
+        action = env.expert_action()
+        if action is None or action in moves:
+            continue
+        moves.add(action)
+        text = env.prompt(obs)[0][-1]["content"][-1]["text"]
+        messages += [
+            {"role": "user", "content": [{"type": "text", "text": text}]},
+            {"role": "assistant", "content": [{"type": "text", "text": env.format_action(action)}]},
+        ]
+    raise ValueError(
+        f"{env.env_id}: the expert showed {len(moves)} distinct moves in 1,000 states, not {turns}"
+    )
 
 
 class VLMEnv(gym.Env):
@@ -146,7 +157,7 @@ class VLMEnv(gym.Env):
     action_doc = ""  # the legal actions and what they do
     example_action = ""
     time_limit = 10  # turns, syntax errors included; max_steps > 0 overrides it
-    demo: list[dict] = []  # messages put before every prompt (`demonstration`); make_env(demo=True) sets them
+    demo: list[dict] = []  # messages put before every prompt (`demonstration`); make_env(demo=N) sets them
     max_output_chars = MAX_OUTPUT_CHARS  # a longer output is a syntax error, unread
     # set by every env (before `VLMEnv.__init__`, which builds the observation space from them):
     frame_shape: tuple[int, int, int]  # (H, W, 3) of every rendered image

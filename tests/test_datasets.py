@@ -141,7 +141,7 @@ def test_collect_plays_the_runs_env_config(ray_local, tmp_path):
         ("env.history=2", "env.history"),
         ("env.syntax_penalty=-0.5", "env.syntax_penalty"),
         ("env.max_steps=3", "env.max_steps"),
-        ("env.demo=true", "env.demo"),
+        ("env.demo=2", "env.demo"),
         ("env.kwargs={max_position: 7}", "env.kwargs"),
     ],
 )
@@ -170,8 +170,8 @@ def test_a_dataset_older_than_the_demo_key_counts_as_collected_without_one(datas
     (old / "meta.json").write_text(json.dumps(meta))
     smoke = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
     check_dataset(load_config(smoke, [f"data.path={old}"]))
-    with pytest.raises(ConfigError, match=r"collected with env\.demo=False"):
-        check_dataset(load_config(smoke, [f"data.path={old}", "env.demo=true"]))
+    with pytest.raises(ConfigError, match=r"collected with env\.demo=0"):
+        check_dataset(load_config(smoke, [f"data.path={old}", "env.demo=2"]))
 
 
 @pytest.mark.slow

@@ -290,23 +290,34 @@ def test_prompt_history():
 
 
 @pytest.mark.parametrize("env_id", ["numberline", "ezpoints", "points24", "blackjack"])
-def test_demo_puts_the_experts_worked_turn_before_every_prompt(env_id):
+def test_demo_puts_worked_turns_with_distinct_expert_moves_before_every_prompt(env_id):
     plain = envs.make_env(env_id, obs_mode="both")
-    env = envs.make_env(env_id, obs_mode="both", demo=True)
+    env = envs.make_env(env_id, obs_mode="both", demo=2)
     shown = envs.make_env(env_id, obs_mode="text")
-    shown_obs, _ = shown.reset(seed=envs.base.DEMO_SEED)
+    expected, moves = [], []  # the first seeds from DEMO_SEED whose expert move is new
+    for seed in range(envs.base.DEMO_SEED, envs.base.DEMO_SEED + 100):
+        obs, _ = shown.reset(seed=seed)
+        if shown.expert_action() not in moves and len(moves) < 2:
+            moves.append(shown.expert_action())
+            expected.append((shown.prompt(obs)[0][0]["content"][-1]["text"], envs.format_action(moves[-1])))
     for seed in (0, 1):
         obs, _ = env.reset(seed=seed)
         plain_messages, plain_images = plain.prompt(plain.reset(seed=seed)[0])
         messages, images = env.prompt(obs)
-        user, answer = messages[0]["content"][-1]["text"], messages[1]["content"][-1]["text"]
-        assert [m["role"] for m in messages] == ["user", "assistant", "user"]
-        assert messages[0]["content"] == [{"type": "text", "text": user}]  # words only: the images stay one
-        assert user == shown.prompt(shown_obs)[0][0]["content"][-1]["text"]
-        assert answer == envs.format_action(shown.expert_action())  # the expert's move, well formed
-        assert shown.parse_agent(answer) == shown.expert_action()
-        assert messages[2:] == plain_messages and len(images) == len(plain_images) == 1  # the turn as without
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 2 + ["user"]
+        shown_turns = [(messages[i]["content"], messages[i + 1]["content"]) for i in (0, 2)]
+        assert shown_turns == [
+            ([{"type": "text", "text": u}], [{"type": "text", "text": a}]) for u, a in expected
+        ]
+        assert [env.parse_agent(a) for _, a in expected] == moves and len(
+            set(moves)
+        ) == 2  # well formed, distinct
+        assert (
+            messages[4:] == plain_messages and len(images) == len(plain_images) == 1
+        )  # words only: one image
     assert envs.make_env(env_id).demo == []  # off by default
+    with pytest.raises(ValueError, match="distinct moves"):
+        envs.make_env("numberline", obs_mode="text", demo=3)  # NumberLine has two moves
 
 
 def test_gym_registration():

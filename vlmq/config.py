@@ -59,9 +59,9 @@ class EnvConfig:
     history: int = 0  # last H turns shown in the prompt
     syntax_penalty: float = -1.0
     max_steps: int = 0  # 0: the env's own time limit
-    # a worked turn (the expert on a fixed state) before every prompt: SmolLM2 breaks the format in 98%
-    # of its samples without one, 15% with (docs/models.md); a random model gains nothing from it
-    demo: bool = False
+    # worked turns (the expert on fixed states, each a different move) before every prompt: a pretrained
+    # model copies a shown format (docs/models.md); a random model gains nothing from them
+    demo: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -420,7 +420,7 @@ def validate_env(cfg: EnvConfig) -> None:
     kind, _, name = cfg.id.partition(":")
     if cfg.id not in CARD_ENV_IDS and not (kind in ("babyai", "miniwob") and name):
         raise ConfigError(f"env.id: {cfg.id!r} is not one of {ENV_IDS}")
-    _ranges(cfg, "env", history=">= 0", max_steps=">= 0")
+    _ranges(cfg, "env", history=">= 0", max_steps=">= 0", demo=">= 0")
 
 
 def validate_replay(cfg: ReplayConfig) -> None:

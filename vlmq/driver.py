@@ -85,7 +85,7 @@ DATASET_MUST_MATCH = {
     "env_id": "id", "obs_mode": "obs_mode", "history": "history", "syntax_penalty": "syntax_penalty",
     "max_steps": "max_steps", "demo": "demo", "env_kwargs": "kwargs",
 }  # fmt: skip
-RECORDED_LATER = {"demo": False}  # what a dataset older than the key was collected with
+RECORDED_LATER = {"demo": 0}  # what a dataset older than the key was collected with
 
 
 def check_dataset(cfg: RunConfig) -> None:
