@@ -2,7 +2,8 @@
 benchmarks/results/prompt_demo.json.
 
 SmolLM2-135M-Instruct on NumberLine prompts in words (its chat template, as configs/smollm2_numberline.yaml
-plays them), for demo = 0, 1, 2 worked turns: per variant, on the first prompt of `--states` seeds, one
+plays them), for demo = 0, 1, 2 worked turns, and "1-": one worked turn showing `-` (demo 2's second):
+per variant, on the first prompt of `--states` seeds, one
 greedy reply and `--samples` replies at temperature 1 (the dataset's temperature), each read by the env's
 parser: syntax accuracy, the share of well-formed moves that are the expert's, and the moves' counts.
 A dataset whose moves are all one move gives the critic nothing to compare, whatever its syntax.
@@ -30,10 +31,12 @@ log = logging.getLogger("prompt_demo")
 OUT = REPO / "benchmarks" / "results" / "prompt_demo.json"
 
 
-def measure(model, tok, demo: int, states: int, samples: int, max_tokens: int) -> dict:
+def measure(model, tok, demo: str, states: int, samples: int, max_tokens: int) -> dict:
     import torch
 
-    env = make_env("numberline", "text", demo=demo)
+    env = make_env("numberline", "text", demo=2 if demo == "1-" else int(demo))
+    if demo == "1-":
+        env.demo = env.demo[2:]
     greedy_ok = greedy_expert = ok = expert = 0
     moves: Counter = Counter()
     t0 = time.time()
@@ -71,7 +74,7 @@ def measure(model, tok, demo: int, states: int, samples: int, max_tokens: int) -
         "prompt_tokens": ids.shape[1],
         "wall_s": round(time.time() - t0, 1),
     }
-    log.info("demo %d: %s", demo, out)
+    log.info("demo %s: %s", demo, out)
     return out
 
 
@@ -81,7 +84,7 @@ def main() -> None:
     ap.add_argument(
         "--model", default=str(REPO / "runs" / "smollm2"), help="`vlmq model smollm2 --out` folder"
     )
-    ap.add_argument("--demos", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--demos", nargs="+", default=["0", "1", "2", "1-"], choices=["0", "1", "2", "1-"])
     ap.add_argument("--states", type=int, default=16)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -95,7 +98,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    res = {str(d): measure(model, tok, d, args.states, args.samples, args.max_tokens) for d in args.demos}
+    old = json.loads(Path(args.out).read_text())["demo"] if Path(args.out).exists() else {}
+    res = {
+        **old,
+        **{d: measure(model, tok, d, args.states, args.samples, args.max_tokens) for d in args.demos},
+    }
     out = {"model": "smollm2-135m", "env": "numberline", "obs_mode": "text", "states": args.states,
            "samples": args.samples, "max_tokens": args.max_tokens, "demo": res}  # fmt: skip
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
