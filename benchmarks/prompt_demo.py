@@ -2,8 +2,10 @@
 benchmarks/results/prompt_demo.json.
 
 SmolLM2-135M-Instruct on NumberLine prompts in words (its chat template, as configs/smollm2_numberline.yaml
-plays them), for demo = 0, 1, 2 worked turns, and "1-": one worked turn showing `-` (demo 2's second):
-per variant, on the first prompt of `--states` seeds, one
+plays them), for demo = 0, 1, 2 worked turns, "1-": one worked turn showing `-` (demo 2's second), and
+"1-ex-": that, with the instructions' syntax example showing `-` too (theirs is `+`), and "1-ep": one
+worked turn with the example's action drawn per episode (`env.kwargs.example: episode`), and "1-ep=":
+that, with the worked turn also showing the drawn action (demo 2's turn of that move): per variant, on the first prompt of `--states` seeds, one
 greedy reply and `--samples` replies at temperature 1 (the dataset's temperature), each read by the env's
 parser: syntax accuracy, the share of well-formed moves that are the expert's, and the moves' counts.
 A dataset whose moves are all one move gives the critic nothing to compare, whatever its syntax.
@@ -29,19 +31,32 @@ from learner.processing import chat_text  # noqa: E402
 
 log = logging.getLogger("prompt_demo")
 OUT = REPO / "benchmarks" / "results" / "prompt_demo.json"
+VARIANTS = ["0", "1", "2", "1-", "1-ex-", "1-ep", "1-ep="]
 
 
 def measure(model, tok, demo: str, states: int, samples: int, max_tokens: int) -> dict:
     import torch
 
-    env = make_env("numberline", "text", demo=2 if demo == "1-" else int(demo))
-    if demo == "1-":
+    if demo.startswith("1-ep"):
+        env = make_env("numberline", "text", demo=1 if demo == "1-ep" else 2, example="episode")
+        pairs = [env.demo[i : i + 2] for i in range(0, len(env.demo), 2)]
+    else:
+        env = make_env("numberline", "text", demo=2 if demo.startswith("1-") else int(demo))
+    if demo == "1-ex-":  # the worked turn's instructions show it as well
+        env.example_action = "-"
+        for m in env.demo:
+            m["content"][0]["text"] = m["content"][0]["text"].replace('"action": "+"}\n', '"action": "-"}\n')
+    if demo in ("1-", "1-ex-"):
         env.demo = env.demo[2:]
     greedy_ok = greedy_expert = ok = expert = 0
     moves: Counter = Counter()
     t0 = time.time()
     for seed in range(states):
         obs, _ = env.reset(seed=seed)
+        if demo == "1-ep=":  # the worked turn whose answer is the drawn example's action
+            env.demo = next(
+                p for p in pairs if env.parse_agent(p[1]["content"][0]["text"]) == env.example_action
+            )
         messages, _ = env.prompt(obs)
         ids = tok(chat_text(tok, messages), return_tensors="pt", add_special_tokens=False)["input_ids"]
         best = env.expert_action()
@@ -84,7 +99,7 @@ def main() -> None:
     ap.add_argument(
         "--model", default=str(REPO / "runs" / "smollm2"), help="`vlmq model smollm2 --out` folder"
     )
-    ap.add_argument("--demos", nargs="+", default=["0", "1", "2", "1-"], choices=["0", "1", "2", "1-"])
+    ap.add_argument("--demos", nargs="+", default=VARIANTS, choices=VARIANTS)
     ap.add_argument("--states", type=int, default=16)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)

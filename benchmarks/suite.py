@@ -18,7 +18,8 @@ method rows are the median over the tasks per seed, and each task's own rows are
 
 A run replaces the (env, seed) cells it measures in benchmarks/results/suite.json and keeps the others,
 so the table fills one env and one seed at a time. Wall time is recorded per cell; afsft's is the run
-up to its offline evaluation.
+up to its offline evaluation. A run folder with checkpoints but no results (a suite stopped mid-run) is
+resumed from its last checkpoint, and its cells' wall times are then the resumed part's.
 """
 
 from __future__ import annotations
@@ -72,8 +73,16 @@ def run_task(
     for method in methods:
         extra = METHODS[method]
         run = f"{name}-{method}-s{seed}"
+        # a run stopped before its results (a killed suite) continues from its last checkpoint; its
+        # wall time is then the resumed part's alone
+        stopped = (root / run / "checkpoints" / "latest").exists() and not (
+            root / run / "results.json"
+        ).exists()
+        resume = ["--resume"] if stopped else []
+        if stopped:
+            log.warning("%s stopped before its results: resuming it from its last checkpoint", run)
         wall = vlmq(
-            "train", "--config", config, f"out_dir={root}", f"name={run}", f"data.path={data}",
+            "train", *resume, "--config", config, f"out_dir={root}", f"name={run}", f"data.path={data}",
             f"learner.seed={seed}", f"replay.seed={seed}", *sets, *extra,
         )  # fmt: skip
         res = json.loads((root / run / "results.json").read_text())

@@ -9,6 +9,7 @@ game untouched and still uses up a turn of the time limit. It is never replaced 
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
 from collections.abc import Sequence
@@ -170,11 +171,14 @@ class VLMEnv(gym.Env):
         history: int = 0,
         max_steps: int = 0,
         render_mode: str | None = "rgb_array",
+        example: str = "fixed",
     ):
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode {obs_mode!r} is not one of {list(OBS_MODES)}")
         if history < 0 or max_steps < 0:
             raise ValueError(f"history ({history}) and max_steps ({max_steps}) must be >= 0")
+        if example not in ("fixed", "episode"):
+            raise ValueError(f"example {example!r} must be 'fixed' or 'episode'")
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}")
         self.obs_mode = obs_mode  # fixed: the observation space depends on it
@@ -182,6 +186,9 @@ class VLMEnv(gym.Env):
         self.history = history
         self.max_steps = max_steps  # 0: the game's own `time_limit`
         self.render_mode = render_mode  # render() returns the frame either way
+        # the syntax example's action: the env's own, or drawn per episode from the first state's legal
+        # actions (a pretrained model copies the example's action: docs/models.md)
+        self.example = example
         self.action_space = AnswerSpace(self.max_output_chars)
         self.observation_space = self._observation_space()
         self._t = 0
@@ -254,6 +261,8 @@ class VLMEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Observation, dict]:
         super().reset(seed=seed)
         self._reset(options)
+        if self.example == "episode":  # its own generator: the game's draws stay those of the seed
+            self.example_action = random.Random(seed).choice(sorted(self.legal_actions()))
         self._t, self._return, self._done = 0, 0.0, False
         info = {
             "success": False,

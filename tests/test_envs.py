@@ -320,6 +320,28 @@ def test_demo_puts_worked_turns_with_distinct_expert_moves_before_every_prompt(e
         envs.make_env("numberline", obs_mode="text", demo=3)  # NumberLine has two moves
 
 
+def test_episode_example_draws_the_syntax_examples_action_per_seed_and_leaves_the_game_alone():
+    fixed = envs.make_env("numberline", obs_mode="text")
+    env = envs.make_env("numberline", obs_mode="text", example="episode")
+    shown = set()
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        action = random.Random(seed).choice(sorted(obs.legal_actions))
+        example = f'Answer in JSON: {{"thoughts": "...", "action": "{action}"}}'
+        assert example in env.prompt(obs)[0][-1]["content"][-1]["text"]
+        assert obs.text == fixed.reset(seed=seed)[0].text  # the same deal
+        later = env.step(envs.format_action("-" if action == "+" else "+"))[0]
+        assert example in env.prompt(later)[0][-1]["content"][-1]["text"]  # kept for the whole episode
+        shown.add(action)
+    assert shown == {"+", "-"}
+    assert (
+        fixed.example_action == "+"
+        and '"action": "+"}' in fixed.prompt(fixed.reset(seed=1)[0])[0][0]["content"][0]["text"]
+    )
+    with pytest.raises(ValueError, match="example 'sometimes'"):
+        envs.make_env("numberline", example="sometimes")
+
+
 def test_gym_registration():
     env = gym.make("vlmq/NumberLine-v0", obs_mode="text")
     obs, info = env.reset(seed=11)
