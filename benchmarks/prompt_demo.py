@@ -2,11 +2,16 @@
 benchmarks/results/prompt_demo.json.
 
 SmolLM2-135M-Instruct on NumberLine prompts in words (its chat template, as configs/smollm2_numberline.yaml
-plays them), for demo = 0, 1, 2 worked turns, "1-": one worked turn showing `-` (demo 2's second), and
-"1-ex-": that, with the instructions' syntax example showing `-` too (theirs is `+`), and "1-ep": one
-worked turn with the example's action drawn per episode (`env.kwargs.example: episode`), and "1-ep=":
-that, with the worked turn also showing the drawn action (demo 2's turn of that move): per variant, on the first prompt of `--states` seeds, one
-greedy reply and `--samples` replies at temperature 1 (the dataset's temperature), each read by the env's
+plays them). Variants (`--demos`):
+
+- "0", "1", "2": that many worked turns (`env.demo`), then the instructions' own syntax example (`+`);
+- "1-": one worked turn showing `-` (demo 2's second);
+- "1-ex-": that, with the syntax example showing `-` too, in the worked turn's instructions as well;
+- "1-ep": the `+` worked turn, and the syntax example's action drawn per episode from the legal moves;
+- "1-ep=": `env.demo: 2` with `env.kwargs.example: episode`, one worked turn drawn per episode and the
+  syntax example naming its move.
+
+Per variant, on the first prompt of `--states` seeds, one greedy reply and `--samples` replies at temperature 1 (the dataset's temperature), each read by the env's
 parser: syntax accuracy, the share of well-formed moves that are the expert's, and the moves' counts.
 A dataset whose moves are all one move gives the critic nothing to compare, whatever its syntax.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import time
 from collections import Counter
@@ -37,26 +43,23 @@ VARIANTS = ["0", "1", "2", "1-", "1-ex-", "1-ep", "1-ep="]
 def measure(model, tok, demo: str, states: int, samples: int, max_tokens: int) -> dict:
     import torch
 
-    if demo.startswith("1-ep"):
-        env = make_env("numberline", "text", demo=1 if demo == "1-ep" else 2, example="episode")
-        pairs = [env.demo[i : i + 2] for i in range(0, len(env.demo), 2)]
+    if demo == "1-ep=":
+        env = make_env("numberline", "text", demo=2, example="episode")
     else:
-        env = make_env("numberline", "text", demo=2 if demo.startswith("1-") else int(demo))
-    if demo == "1-ex-":  # the worked turn's instructions show it as well
-        env.example_action = "-"
-        for m in env.demo:
-            m["content"][0]["text"] = m["content"][0]["text"].replace('"action": "+"}\n', '"action": "-"}\n')
+        env = make_env("numberline", "text", demo={"0": 0, "1": 1, "1-ep": 1}.get(demo, 2))
     if demo in ("1-", "1-ex-"):
-        env.demo = env.demo[2:]
+        env.demos = env.demos[1:]
+    if demo == "1-ex-":
+        env.example_action = "-"
+        for m in env.demos[0][1]:
+            m["content"][0]["text"] = m["content"][0]["text"].replace('"action": "+"}\n', '"action": "-"}\n')
     greedy_ok = greedy_expert = ok = expert = 0
     moves: Counter = Counter()
     t0 = time.time()
     for seed in range(states):
         obs, _ = env.reset(seed=seed)
-        if demo == "1-ep=":  # the worked turn whose answer is the drawn example's action
-            env.demo = next(
-                p for p in pairs if env.parse_agent(p[1]["content"][0]["text"]) == env.example_action
-            )
+        if demo == "1-ep":
+            env.example_action = random.Random(seed).choice(sorted(obs.legal_actions))
         messages, _ = env.prompt(obs)
         ids = tok(chat_text(tok, messages), return_tensors="pt", add_special_tokens=False)["input_ids"]
         best = env.expert_action()

@@ -35,13 +35,14 @@ def make_env(
     **kwargs,
 ) -> VLMEnv:
     """An env by id; `kwargs` go to the env (e.g. `view="partial"` for BabyAI, `face_cards_as_10=False`).
-    With `demo` N > 0, every prompt starts with N worked turns played on a second env of the same settings."""
+    With `demo` N > 0, N worked turns are played on a second env of the same settings; prompts start
+    with them (with `example="episode"`, with one of them drawn per episode)."""
     common = dict(obs_mode=obs_mode, syntax_penalty=syntax_penalty, history=history, max_steps=max_steps)
     env = _build(env_id, common, kwargs)
     if demo:
         shown = _build(env_id, common, kwargs)
         try:
-            env.demo = demonstration(shown, demo)
+            env.demos = demonstration(shown, demo)
         finally:
             shown.close()
     return env

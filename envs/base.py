@@ -121,29 +121,33 @@ def format_action(action: str, thoughts: str | None = None) -> str:
 DEMO_SEED = 10_000  # the first demonstration state: worked examples, below the evaluation seeds (eval.seed)
 
 
-def demonstration(env: VLMEnv, turns: int) -> list[dict]:
-    """`turns` worked turns to put before every prompt: the expert answering fixed states, each a user
-    message (its words; no image) and the assistant's well-formed answer. A pretrained model copies a
-    shown answer's format far more often than it follows a described one, and it copies the move as
-    readily, so the shown moves differ (SmolLM2 shown only "+" then played "+" in 99.5% of its
-    well-formed turns: docs/models.md). States are the first seeds from DEMO_SEED with a new move."""
-    messages: list[dict] = []
-    moves: set[str] = set()
+def demonstration(env: VLMEnv, turns: int) -> list[tuple[str, list[dict]]]:
+    """`turns` worked turns to put before prompts, as (move, messages): the expert answering fixed
+    states, each a user message (its words; no image) and the assistant's well-formed answer. A
+    pretrained model copies a shown answer's format far more often than it follows a described one,
+    and it copies the shown move as readily, so the moves differ (docs/models.md). States are the
+    first seeds from DEMO_SEED with a new move."""
+    shown: list[tuple[str, list[dict]]] = []
     for seed in range(DEMO_SEED, DEMO_SEED + 1000):
-        if len(moves) == turns:
-            return messages
+        if len(shown) == turns:
+            return shown
         obs, _ = env.reset(seed=seed)
         action = env.expert_action()
-        if action is None or action in moves:
+        if action is None or action in {move for move, _ in shown}:
             continue
-        moves.add(action)
         text = env.prompt(obs)[0][-1]["content"][-1]["text"]
-        messages += [
-            {"role": "user", "content": [{"type": "text", "text": text}]},
-            {"role": "assistant", "content": [{"type": "text", "text": env.format_action(action)}]},
-        ]
+        answer = env.format_action(action)
+        shown.append(
+            (
+                action,
+                [
+                    {"role": "user", "content": [{"type": "text", "text": text}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+                ],
+            )
+        )
     raise ValueError(
-        f"{env.env_id}: the expert showed {len(moves)} distinct moves in 1,000 states, not {turns}"
+        f"{env.env_id}: the expert showed {len(shown)} distinct moves in 1,000 states, not {turns}"
     )
 
 
@@ -158,7 +162,8 @@ class VLMEnv(gym.Env):
     action_doc = ""  # the legal actions and what they do
     example_action = ""
     time_limit = 10  # turns, syntax errors included; max_steps > 0 overrides it
-    demo: list[dict] = []  # messages put before every prompt (`demonstration`); make_env(demo=N) sets them
+    demos: list[tuple[str, list[dict]]] = []  # worked turns (`demonstration`); make_env(demo=N) sets them
+    demo: list[dict] = []  # the messages put before this episode's prompts
     max_output_chars = MAX_OUTPUT_CHARS  # a longer output is a syntax error, unread
     # set by every env (before `VLMEnv.__init__`, which builds the observation space from them):
     frame_shape: tuple[int, int, int]  # (H, W, 3) of every rendered image
@@ -186,8 +191,9 @@ class VLMEnv(gym.Env):
         self.history = history
         self.max_steps = max_steps  # 0: the game's own `time_limit`
         self.render_mode = render_mode  # render() returns the frame either way
-        # the syntax example's action: the env's own, or drawn per episode from the first state's legal
-        # actions (a pretrained model copies the example's action: docs/models.md)
+        # "fixed": every worked turn, then the env's own syntax example. "episode": one worked turn drawn
+        # per episode, and the example names its move (with no worked turns, a move drawn from the first
+        # state's legal actions). A pretrained model copies the shown move (docs/models.md)
         self.example = example
         self.action_space = AnswerSpace(self.max_output_chars)
         self.observation_space = self._observation_space()
@@ -261,8 +267,14 @@ class VLMEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Observation, dict]:
         super().reset(seed=seed)
         self._reset(options)
-        if self.example == "episode":  # its own generator: the game's draws stay those of the seed
-            self.example_action = random.Random(seed).choice(sorted(self.legal_actions()))
+        if self.example == "fixed":
+            self.demo = [m for _, turn in self.demos for m in turn]
+        else:  # its own generator: the game's draws stay those of the seed
+            rng = random.Random(seed)
+            if self.demos:
+                self.example_action, self.demo = rng.choice(self.demos)
+            else:
+                self.example_action = rng.choice(sorted(self.legal_actions()))
         self._t, self._return, self._done = 0, 0.0, False
         info = {
             "success": False,

@@ -342,6 +342,25 @@ def test_episode_example_draws_the_syntax_examples_action_per_seed_and_leaves_th
         envs.make_env("numberline", example="sometimes")
 
 
+def test_episode_example_with_worked_turns_shows_one_drawn_per_episode_and_names_its_move():
+    pool = envs.make_env("numberline", obs_mode="text", demo=2)
+    pool.reset(seed=0)
+    both = pool.prompt(pool.reset(seed=0)[0])[0][:4]  # fixed: both worked turns, in order
+    env = envs.make_env("numberline", obs_mode="text", demo=2, example="episode")
+    moves = set()
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        messages = env.prompt(obs)[0]
+        move = random.Random(seed).choice(["+", "-"])  # the pool is the + turn, then the - one
+        assert len(messages) == 3 and messages[1]["content"][0]["text"] == envs.format_action(move)
+        assert f'"action": "{move}"}}\n' in messages[2]["content"][0]["text"]  # the example names it
+        moves.add(move)
+    assert moves == {"+", "-"} and [pool.parse_agent(m["content"][0]["text"]) for m in both[1::2]] == [
+        "+",
+        "-",
+    ]
+
+
 def test_gym_registration():
     env = gym.make("vlmq/NumberLine-v0", obs_mode="text")
     obs, info = env.reset(seed=11)
