@@ -91,7 +91,8 @@ def run_task(
             cells["base"] = {"success": res["success_before"], "syntax": res["syntax_before"]}
         if method == "afsft_online":
             p = res["phase_s"]
-            offline_s = p["start"] + p["eval_before"] + p["offline"] + p["eval_offline"]
+            # a resumed run has no evaluation before, and no offline phase if it resumed online
+            offline_s = sum(p.get(k, 0.0) for k in ("start", "eval_before", "offline", "eval_offline"))
             cells["afsft"] = {
                 "success": res["success_offline"],
                 "syntax": res["syntax_offline"],
