@@ -309,12 +309,10 @@ def test_demo_puts_worked_turns_with_distinct_expert_moves_before_every_prompt(e
         assert shown_turns == [
             ([{"type": "text", "text": u}], [{"type": "text", "text": a}]) for u, a in expected
         ]
-        assert [env.parse_agent(a) for _, a in expected] == moves and len(
-            set(moves)
-        ) == 2  # well formed, distinct
-        assert (
-            messages[4:] == plain_messages and len(images) == len(plain_images) == 1
-        )  # words only: one image
+        assert [env.parse_agent(a) for _, a in expected] == moves  # well formed
+        assert len(set(moves)) == 2  # distinct
+        assert messages[4:] == plain_messages  # the turn as without
+        assert len(images) == len(plain_images) == 1  # worked turns are words only
     assert envs.make_env(env_id).demo == []  # off by default
     with pytest.raises(ValueError, match="distinct moves"):
         envs.make_env("numberline", obs_mode="text", demo=3)  # NumberLine has two moves
@@ -344,7 +342,6 @@ def test_episode_example_draws_the_syntax_examples_action_per_seed_and_leaves_th
 
 def test_episode_example_with_worked_turns_shows_one_drawn_per_episode_and_names_its_move():
     pool = envs.make_env("numberline", obs_mode="text", demo=2)
-    pool.reset(seed=0)
     both = pool.prompt(pool.reset(seed=0)[0])[0][:4]  # fixed: both worked turns, in order
     env = envs.make_env("numberline", obs_mode="text", demo=2, example="episode")
     moves = set()
@@ -355,10 +352,8 @@ def test_episode_example_with_worked_turns_shows_one_drawn_per_episode_and_names
         assert len(messages) == 3 and messages[1]["content"][0]["text"] == envs.format_action(move)
         assert f'"action": "{move}"}}\n' in messages[2]["content"][0]["text"]  # the example names it
         moves.add(move)
-    assert moves == {"+", "-"} and [pool.parse_agent(m["content"][0]["text"]) for m in both[1::2]] == [
-        "+",
-        "-",
-    ]
+    assert moves == {"+", "-"}
+    assert [pool.parse_agent(m["content"][0]["text"]) for m in both[1::2]] == ["+", "-"]
 
 
 def test_gym_registration():
