@@ -92,6 +92,12 @@ class VLLMBackend:
         self._ids = itertools.count()  # request ids, unique in the engine
         self._lora_ids = itertools.count(1)  # vLLM LoRA ids start at 1; never reused
         self._loras: dict[int, object] = {}  # policy version -> LoRARequest
+        # Scoring reads prompt log-probs, which vLLM 0.32 computes wrongly with a LoRA when the step
+        # holds other requests (the LoRA logits take the batch's per-request indices for the prompt's
+        # tokens: an einsum shape error kills the engine), so a score runs with nothing else in flight.
+        self._gate = threading.Condition()
+        self._generating = 0  # generate calls in the engine
+        self._scoring = False
 
     def _run(self, coro):
         """Run a coroutine on the engine's loop from any thread and wait for its result."""
@@ -174,7 +180,15 @@ class VLLMBackend:
             )
             for r in requests
         ]
-        outs = self._complete(prompts, params, lora)
+        with self._gate:
+            self._gate.wait_for(lambda: not self._scoring)
+            self._generating += 1
+        try:
+            outs = self._complete(prompts, params, lora)
+        finally:
+            with self._gate:
+                self._generating -= 1
+                self._gate.notify_all()
         completions = []
         for out in outs:
             o = out.outputs[0]
@@ -186,7 +200,8 @@ class VLLMBackend:
     def score(
         self, messages: list[dict], images: list[np.ndarray], gen_ids: list[int], version: int
     ) -> list[float]:
-        """Log-probs of `gen_ids` after the prompt: prompt log-probs of prompt + continuation."""
+        """Log-probs of `gen_ids` after the prompt: prompt log-probs of prompt + continuation, computed
+        with no generate call in flight (a probe waits for at most the calls already running)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -197,7 +212,17 @@ class VLLMBackend:
         params = SamplingParams(
             max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
         )
-        (out,) = self._complete([prompt], [params], self._lora(version))
+        lora = self._lora(version)
+        with self._gate:  # alone in the engine (see __init__): new generate calls wait, running ones finish
+            self._gate.wait_for(lambda: not self._scoring)
+            self._scoring = True
+            self._gate.wait_for(lambda: self._generating == 0)
+        try:
+            (out,) = self._complete([prompt], [params], lora)
+        finally:
+            with self._gate:
+                self._scoring = False
+                self._gate.notify_all()
         ids, n = out.prompt_token_ids, len(gen)
         # the continuation ends the prompt, or one token before its end where the model's processor
         # appends a token of its own (PaliGemma's "\n", which vLLM adds to an image prompt without one)

@@ -169,19 +169,24 @@ def test_vllm_cpu_threads_take_the_actors_cpu_share_on_its_last_cores(monkeypatc
 
 
 def test_vllm_serves_many_threads_at_once_and_a_version_pushed_mid_stream(
-    vllm_backend, make_lora_adapter, fresh_version
+    vllm_backend, tiny_vlm_dir, make_lora_adapter, fresh_version
 ):
     """The asynchronous engine behind VersionedSampler: calls from several threads (the actor's
     runners) are in the one engine together, with no global lock; each gets its own prompt's
-    completion with the model's log-probs; a version pushed while they run loads without failing
-    them, and requests submitted after it are served by it."""
+    completion with the model's log-probs; a version pushed and probed while they run (as the driver
+    pushes: vLLM 0.32's prompt log-probs under a LoRA killed the engine when other requests shared
+    the step) loads without failing them, and requests submitted after it are served by it."""
     import threading
 
     from actors.sampler import VersionedSampler
-    from learner.weight_sync import pack
+    from learner.weight_sync import Probe, pack
     from vlmq.config import SamplerConfig
 
     s = VersionedSampler(vllm_backend, SamplerConfig(resident_versions=2))
+    adapter = make_lora_adapter(seed=31)
+    (p,) = vllm_backend.generate([Request(PROMPT, [_image(9)], [], max_tokens=8)], version=0)
+    want = hf_logprobs(tiny_vlm_dir, vllm_backend.processor, PROMPT, [_image(9)], p.gen_ids, adapter=adapter)
+    probe = Probe(PROMPT, [_image(9)], p.gen_ids, want)
     prompts = [(PROMPT, [_image(10 + i)]) for i in range(6)]
     results: dict[int, list] = {}
     barrier = threading.Barrier(len(prompts) + 1)
@@ -195,7 +200,8 @@ def test_vllm_serves_many_threads_at_once_and_a_version_pushed_mid_stream(
         t.start()
     barrier.wait()
     version = fresh_version()
-    assert s.load_adapter(version, pack(make_lora_adapter(seed=31)))  # while the calls run
+    assert s.load_adapter(version, pack(adapter), probe)  # while the calls run
+    assert s.stats.last_probe_err <= TOL
     for t in threads:
         t.join(120)
     try:
