@@ -12,6 +12,7 @@ reused: vLLM caches adapters by id, and a reused id would keep serving the old w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
@@ -164,6 +165,33 @@ class VLLMBackend:
             prompt["multi_modal_data"] = {"image": to_pil(images)}
         return prompt
 
+    @contextlib.contextmanager
+    def _generate_call(self):
+        """A generate call in the engine: it waits while a score runs."""
+        with self._gate:
+            self._gate.wait_for(lambda: not self._scoring)
+            self._generating += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._generating -= 1
+                self._gate.notify_all()
+
+    @contextlib.contextmanager
+    def _alone(self):
+        """Nothing else in the engine (see __init__): new generate calls wait, running ones finish."""
+        with self._gate:
+            self._gate.wait_for(lambda: not self._scoring)
+            self._scoring = True
+            self._gate.wait_for(lambda: self._generating == 0)
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._scoring = False
+                self._gate.notify_all()
+
     def generate(self, requests: list[Request], version: int) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -180,15 +208,8 @@ class VLLMBackend:
             )
             for r in requests
         ]
-        with self._gate:
-            self._gate.wait_for(lambda: not self._scoring)
-            self._generating += 1
-        try:
+        with self._generate_call():
             outs = self._complete(prompts, params, lora)
-        finally:
-            with self._gate:
-                self._generating -= 1
-                self._gate.notify_all()
         completions = []
         for out in outs:
             o = out.outputs[0]
@@ -213,16 +234,8 @@ class VLLMBackend:
             max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
         )
         lora = self._lora(version)
-        with self._gate:  # alone in the engine (see __init__): new generate calls wait, running ones finish
-            self._gate.wait_for(lambda: not self._scoring)
-            self._scoring = True
-            self._gate.wait_for(lambda: self._generating == 0)
-        try:
+        with self._alone():
             (out,) = self._complete([prompt], [params], lora)
-        finally:
-            with self._gate:
-                self._scoring = False
-                self._gate.notify_all()
         ids, n = out.prompt_token_ids, len(gen)
         # the continuation ends the prompt, or one token before its end where the model's processor
         # appends a token of its own (PaliGemma's "\n", which vLLM adds to an image prompt without one)

