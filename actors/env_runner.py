@@ -37,7 +37,7 @@ import numpy as np
 import ray
 
 from actors.protocol import Completion, Request
-from envs import format_action, make_env
+from envs import env_from_config, format_action
 from learner.processing import text_to_gen_ids
 from replay.turn import Turn
 from vlmq.config import RunConfig, validate
@@ -434,8 +434,7 @@ class Runner:
         return text_to_gen_ids(self.tokenizer, text, self.cfg.sampler.max_tokens)
 
     def _make_env(self):
-        e = self.cfg.env
-        return make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
+        return env_from_config(self.cfg.env)
 
     # ---- metrics -------------------------------------------------------------------------------
     def _record_metrics(self, record: tuple) -> None:

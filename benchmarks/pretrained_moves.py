@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from envs import format_action, make_env  # noqa: E402
+from envs import env_from_config, format_action  # noqa: E402
 from learner.processing import encode_prompt  # noqa: E402
 from learner.trainer import Learner  # noqa: E402
 from vlmq.config import load_config  # noqa: E402
@@ -41,8 +41,7 @@ EXAMPLE = re.compile(r'"action": "(.+?)"\}')  # the syntax example in the instru
 
 def states(cfg, n: int) -> list[dict]:
     """The first prompt of eval seeds eval.seed .. eval.seed + n - 1, with its expert and example moves."""
-    e = cfg.env
-    env = make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
+    env = env_from_config(cfg.env)
     out = []
     for seed in range(cfg.eval.seed, cfg.eval.seed + n):
         obs, _ = env.reset(seed=seed)
@@ -50,7 +49,7 @@ def states(cfg, n: int) -> list[dict]:
         last = "".join(p["text"] for p in messages[-1]["content"] if p["type"] == "text")
         example = EXAMPLE.search(last)
         if example is None:
-            raise ValueError(f"{e.id}: the prompt of seed {seed} has no syntax example naming a move")
+            raise ValueError(f"{cfg.env.id}: the prompt of seed {seed} has no syntax example naming a move")
         out.append({"messages": messages, "expert": env.expert_action(), "example": example.group(1)})
     return out
 

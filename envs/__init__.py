@@ -63,6 +63,12 @@ def _build(env_id: str, common: dict, kwargs: dict) -> VLMEnv:
     raise ValueError(f"unknown env id {env_id!r}; valid: {ENV_IDS}")
 
 
+def env_from_config(e) -> VLMEnv:
+    """The env an `env:` config section (vlmq.config.EnvConfig) names, built alike by the runners, the
+    driver's probe, the tests and the benchmarks; duck-typed so envs/ does not import the config."""
+    return make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
+
+
 def vocab_corpus() -> list[str]:
     """Prompts and well-formed outputs of every env, to train the tiny model's tokenizer."""
     from envs.corpus import vocab_corpus as build
@@ -95,6 +101,7 @@ __all__ = [
     "EnvCrashed",
     "Observation",
     "VLMEnv",
+    "env_from_config",
     "format_action",
     "make_env",
     "parse_action",

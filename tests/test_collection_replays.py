@@ -30,8 +30,7 @@ def test_collected_turns_replay_exactly_in_a_fresh_env(env_id, policy):
     )
     turns, stats = play(cfg, range(3), rng_seed=7)
     assert stats["crashes"] == 0 and turns
-    e = cfg.env
-    env = envs.make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
+    env = envs.env_from_config(cfg.env)
     try:
         episodes: dict[str, list] = {}
         for t in turns:

@@ -12,7 +12,7 @@ import ray.cloudpickle
 
 from actors.env_runner import EnvRunner, Runner
 from actors.sampler import Sampler
-from envs import EnvCrashed, make_env
+from envs import EnvCrashed, env_from_config, make_env
 from learner.weight_sync import Probe, pack
 from vlmq.config import RunConfig
 
@@ -47,7 +47,7 @@ def episodes_of(turns) -> dict[str, list]:
 
 def assert_episode_replays(cfg: RunConfig, ep: list) -> None:
     """Play the episode's actions in a fresh env with its seed: prompts, rewards and dones must match."""
-    env = make_env(cfg.env.id, cfg.env.obs_mode, cfg.env.syntax_penalty, cfg.env.history, cfg.env.max_steps)
+    env = env_from_config(cfg.env)
     obs, _ = env.reset(seed=ep[0].seed)
     history = []
     assert [t.turn_index for t in ep] == list(range(len(ep)))

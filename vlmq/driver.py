@@ -214,11 +214,10 @@ class Driver:
 
     def _make_probe(self) -> dict:
         """A fixed prompt and continuation that every pushed version is checked on."""
-        from envs import make_env
+        from envs import env_from_config
         from learner.processing import load_processor, text_to_gen_ids
 
-        e = self.cfg.env
-        env = make_env(e.id, e.obs_mode, e.syntax_penalty, e.history, e.max_steps, e.demo, **e.kwargs)
+        env = env_from_config(self.cfg.env)
         obs, _ = env.reset(seed=self.cfg.eval.seed - 1)
         messages, images = env.prompt(obs)
         text = env.format_action(obs.legal_actions[0])
