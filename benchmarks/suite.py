@@ -11,7 +11,8 @@ on held-out seeds. Every run is the real job, `vlmq train --config configs/<env>
 The dataset is collected once per env (`vlmq data collect --config`) and every run loads it
 (`data.path`). A seed is the learner's and the replay's (init of LoRA and heads, batch draws); model
 and data stay. MiniWoB is a set of click tasks (CLICK_SET below), one dataset and run per task; its
-method rows are the median over the tasks per seed, and each task's own rows are kept under "tasks".
+method rows are the median over the tasks per seed (`--tasks` runs a subset; the entry's "tasks_run"
+names the ones its rows are over), and each task's own rows are kept under "tasks".
 
     .venv/bin/python benchmarks/suite.py --envs blackjack [--seeds 0 1 2] [--set learner.offline_steps=700]
     .venv/bin/python benchmarks/suite.py --table   # the results file as the docs' table
@@ -144,6 +145,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                     help="a subset, for an ablation (afsft_online also gives afsft)")  # fmt: skip
+    ap.add_argument("--tasks", nargs="+", default=list(CLICK_SET), choices=CLICK_SET,
+                    help="MiniWoB: a subset of the click set; its rows are the median over these")  # fmt: skip
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run, e.g. data.episodes=500")
     ap.add_argument("--root", default=str(REPO / "runs" / "suite"), help="where datasets and runs go")
     ap.add_argument("--out", default=str(OUT))
@@ -169,14 +172,16 @@ def main() -> None:
                     t: run_task(
                         config, f"miniwob-{t}", seed, [*args.set, f"env.id=miniwob:{t}"], root, args.methods
                     )
-                    for t in CLICK_SET
+                    for t in args.tasks
                 }
                 for t, cells in tasks.items():
                     merge(entry.setdefault("tasks", {}).setdefault(t, {}), seed, cells)
+                first = tasks[args.tasks[0]]
                 cells = {
-                    m: {k: statistics.median(c[m][k] for c in tasks.values()) for k in tasks[CLICK_SET[0]][m]}
-                    for m in tasks[CLICK_SET[0]]
+                    m: {k: statistics.median(c[m][k] for c in tasks.values()) for k in first[m]}
+                    for m in first
                 }
+                entry["tasks_run"] = list(args.tasks)
             else:
                 cells = run_task(config, env, seed, args.set, root, args.methods)
             merge(entry, seed, cells)
