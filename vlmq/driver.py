@@ -552,7 +552,11 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
             d.evaluate("offline")
             d.checkpoint()
         d.online_phase()
-        d.evaluate("final")
+        if cfg.learner.online_steps:
+            d.evaluate("final")
+        else:  # no online update: the final policy is the offline one, already evaluated (greedy)
+            for evals in (d.state.evals, d.state.eval_syntax):
+                evals["final"] = evals["offline"]
         d.checkpoint()
         results = d.summary(time.time() - t0)
         d.monitor.finish()
