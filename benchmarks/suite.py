@@ -8,6 +8,10 @@ on held-out seeds. Every run is the real job, `vlmq train --config configs/<env>
 - afsft and afsft_online: one run as configured; its evaluation after the offline phase is afsft, its
   final one afsft_online (so online is measured against exactly the offline policy it started from).
 
+The two SFT runs also set `eval.before=false`: the untrained model's greedy episodes are the same in
+every run (a LoRA starts at zero), and the AFSFT run plays them (its cell's wall time includes them,
+theirs do not since 2026-12-07).
+
 The dataset is collected once per env (`vlmq data collect --config`) and every run loads it
 (`data.path`). A seed is the learner's and the replay's (init of LoRA and heads, batch draws); model
 and data stay. MiniWoB is a set of click tasks (CLICK_SET below), one dataset and run per task; its
@@ -46,8 +50,13 @@ ENVS = ("numberline", "blackjack", "ezpoints", "points24", "babyai", "miniwob")
 # successes; the config trains the first, the suite all of them.
 CLICK_SET = ("click-button", "click-link", "click-dialog", "click-tab", "click-test-2", "click-option")
 METHODS = {
-    "sft_plain": ["learner.filter=none", "learner.critic_coef=0", "learner.online_steps=0"],
-    "sft": ["learner.filter=none", "learner.online_steps=0"],
+    "sft_plain": [
+        "learner.filter=none",
+        "learner.critic_coef=0",
+        "learner.online_steps=0",
+        "eval.before=false",
+    ],
+    "sft": ["learner.filter=none", "learner.online_steps=0", "eval.before=false"],
     "afsft_online": [],
 }
 OUT = REPO / "benchmarks" / "results" / "suite.json"

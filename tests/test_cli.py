@@ -226,23 +226,21 @@ def test_eval_of_a_run_plays_its_final_evaluation_again(smoke_run, capsys):
 def test_a_run_without_online_updates_reuses_its_offline_evaluation_as_final(
     ray_local, tiny_vlm_dir, tmp_path, caplog
 ):
-    """sft_plain's shape (online_steps 0): the policy after the offline phase is the final one, so its
-    greedy evaluation is not played twice."""
+    """sft_plain as the suite runs it (online_steps 0, eval.before false): the policy after the offline
+    phase is the final one, so its greedy evaluation is played once, and the untrained one not at all."""
     from vlmq.driver import train
 
     cfg = load_config(
         SMOKE,
         [f"out_dir={tmp_path}", f"model.path={tiny_vlm_dir}", "learner.offline_steps=2", "learner.online_steps=0",
-         "data.episodes=8", "eval.episodes=2", "sampler.backend=scripted"],
+         "data.episodes=8", "eval.episodes=2", "eval.before=false", "sampler.backend=scripted"],
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="vlmq.driver"):
         results = train(cfg)
-    assert {"eval_before", "eval_offline"} <= set(results["phase_s"])
-    assert "eval_final" not in results["phase_s"] and "online" not in results["phase_s"]
-    assert [r.getMessage().split("]")[0] for r in caplog.records if r.getMessage().startswith("[eval")] == [
-        "[eval before",
-        "[eval offline",
-    ]
+    assert set(results["phase_s"]) == {"start", "offline", "eval_offline"}
+    evals = [r.getMessage().split("]")[0] for r in caplog.records if r.getMessage().startswith("[eval")]
+    assert evals == ["[eval offline"]
+    assert results["success_before"] != results["success_before"]  # NaN: not evaluated
     assert (results["success_final"], results["syntax_final"]) == (
         results["success_offline"],
         results["syntax_offline"],

@@ -211,6 +211,9 @@ class EvalConfig:
     episodes: int = 200
     seed: int = 1_000_000  # held-out seeds start here; training seeds stay below
     every: int = 0  # evaluate every N updates (0: only at phase ends)
+    # evaluate the untrained policy first; a LoRA starts at zero, so every run on one model and seeds
+    # plays the same greedy episodes there, and a benchmark needs them once (success_before is then NaN)
+    before: bool = True
 
 
 @dataclass

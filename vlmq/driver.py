@@ -544,7 +544,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     d = Driver(cfg, resume)
     d.phase_s["start"] = time.time() - t0
     try:
-        if not resume:
+        if not resume and cfg.eval.before:
             d.evaluate("before")
         d.offline_phase()
         if "offline" not in d.state.evals:
