@@ -108,13 +108,20 @@ def dealer_final(hard: int, ace: bool) -> dict[int, float]:
     return out
 
 
-def stand_value(total: int, up: int) -> float:
-    """E[outcome] of standing on `total` against the up-card `up` (the hidden card is drawn now)."""
-    ev = 0.0
+def stand_outcomes(total: int, up: int) -> tuple[float, float]:
+    """P(win), P(draw) of standing on `total` against the up-card `up` (the hidden card is drawn now)."""
+    win = draw = 0.0
     for c in DECK:
         for d, p in dealer_final(up + c, up == 1 or c == 1).items():
-            ev += p / len(DECK) * (1.0 if d == 22 or total > d else -1.0 if total < d else 0.0)
-    return ev
+            win += p / len(DECK) if d == 22 or total > d else 0.0
+            draw += p / len(DECK) if d == total else 0.0
+    return win, draw
+
+
+def stand_value(total: int, up: int) -> float:
+    """E[outcome] of standing on `total` against the up-card `up`: P(win) - P(loss)."""
+    win, draw = stand_outcomes(total, up)
+    return 2 * win + draw - 1
 
 
 def blackjack_q(gamma: float, optimal: bool = False) -> dict:
