@@ -147,7 +147,8 @@ class Runner:
         return self.stats()
 
     def evaluate(self, episodes: int, seed: int | None = None) -> dict:
-        """Greedy, no epsilon, seeds seed..seed+episodes-1 (held out: default `eval.seed`), nothing to replay."""
+        """Greedy (or at `eval.temperature`), no epsilon, seeds seed..seed+episodes-1 (held out: default
+        `eval.seed`), nothing to replay."""
         if episodes < 1:
             raise ValueError(f"evaluate needs episodes >= 1, got {episodes}")
         seed = self.cfg.eval.seed if seed is None else seed
@@ -156,7 +157,7 @@ class Runner:
         for s in self.eval_slots:
             s.active = False
         results: list[tuple] = []
-        mode = _Mode(0.0, 0.0, False, iter(range(seed, seed + episodes)))
+        mode = _Mode(self.cfg.eval.temperature, 0.0, False, iter(range(seed, seed + episodes)))
         self._loop(self.eval_slots, mode, lambda: len(results) >= episodes, results)
         rets, succ, syn, steps = (np.array(x, np.float64) for x in zip(*results))
         return {

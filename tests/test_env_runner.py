@@ -100,6 +100,22 @@ def test_scripted_runners_fill_replay_with_complete_correct_turns(ray_local, tmp
         assert_episode_replays(cfg, ep)
 
 
+def test_eval_samples_at_eval_temperature_and_is_greedy_by_default():
+    """Every evaluation request carries eval.temperature: 0 (greedy) unless set."""
+    from actors.scripted_backend import ScriptedBackend
+
+    class Recording(ScriptedBackend):
+        def generate(self, requests, version):
+            seen.extend(r.temperature for r in requests)
+            return super().generate(requests, version)
+
+    for temperature in (0.0, 0.7):
+        cfg, seen = scripted_cfg("expert", envs=2), []
+        cfg.eval.temperature, cfg.sampler.temperature = temperature, 1.0  # collection's stays apart
+        ev = Runner(cfg, [Recording("expert")]).evaluate(3)
+        assert ev["episodes"] == 3 and seen and set(seen) == {temperature}
+
+
 @pytest.mark.slow
 def test_eval_is_greedy_on_held_out_seeds_and_epsilon_fixes_syntax(ray_local):
     cfg = scripted_cfg("malformed:1.0", envs=4, epsilon=1.0)

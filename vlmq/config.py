@@ -214,6 +214,9 @@ class EvalConfig:
     # evaluate the untrained policy first; a LoRA starts at zero, so every run on one model and seeds
     # plays the same greedy episodes there, and a benchmark needs them once (success_before is then NaN)
     before: bool = True
+    # 0: greedy, the reported number; > 0 samples, to tell a policy that loops under argmax (the same
+    # state, the same move) from one that does not know the way
+    temperature: float = 0.0
 
 
 @dataclass
@@ -487,7 +490,7 @@ def validate_data(cfg: DataConfig) -> None:
 
 def validate_eval(cfg: EvalConfig) -> None:
     # training seeds are taken modulo eval.seed, and the driver's probe plays seed eval.seed - 1
-    _ranges(cfg, "eval", episodes=">= 1", seed=">= 1", every=">= 0")
+    _ranges(cfg, "eval", episodes=">= 1", seed=">= 1", every=">= 0", temperature=">= 0")
 
 
 def validate(cfg: RunConfig) -> None:
