@@ -42,7 +42,7 @@ def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
     total = sum(r["episodes"] for r in res)
     out = {
         k: sum(r[k] * r["episodes"] for r in res) / total
-        for k in ("success_rate", "mean_return", "syntax_accuracy")
+        for k in ("success_rate", "mean_return", "syntax_accuracy", "mean_length")
     }
     return {**out, "episodes": total}
 
