@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
-from vlmq.evaluate import evaluate_run
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose actors.py would shadow the package
 
-OUT = Path(__file__).resolve().parent / "results" / "eval_temperature"
+from vlmq.evaluate import evaluate_run  # noqa: E402
+
+OUT = REPO / "benchmarks" / "results" / "eval_temperature"
 
 
 def main() -> None:
