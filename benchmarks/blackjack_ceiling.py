@@ -74,7 +74,7 @@ def main() -> None:
         "random": lambda *_: 0.5,
     }
     out = {name: rates(p) for name, p in policies.items()}
-    # reachable decision states only: a hard total of 21 with no choice left is still a state here
+    # the states with a choice: from a hard total of 21 every hit busts
     differ = [k for k in opt1 if greedy(opt1)(*k) != greedy(opt09)(*k) and k[0] <= 20]
     out["states_where_gamma0.9_optimum_differs"] = {
         "count": len(differ),

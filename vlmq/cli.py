@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=3e-4")
     c.set_defaults(func=_config)
 
-    ev = sub.add_parser("eval", help="greedy evaluation of a run's policy on held-out seeds")
+    ev = sub.add_parser(
+        "eval", help="greedy evaluation of a run's policy on held-out seeds (eval.temperature=T samples)"
+    )
     ev.add_argument("--run", required=True, help="a run folder (runs/<name>, with its config.yaml)")
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", type=int, help="the policy at update N (default: the newest)")

@@ -34,7 +34,8 @@ def init_ray() -> None:
 
 
 def evaluate_policy(runners: list, episodes: int, seed: int) -> dict:
-    """Greedy on seeds seed..seed+episodes-1 split over the runners; rates weighted by episodes."""
+    """Seeds seed..seed+episodes-1 split over the runners, greedy unless eval.temperature > 0; rates
+    weighted by episodes."""
     m = len(runners)
     shares = [episodes // m + (i < episodes % m) for i in range(m)]
     seeds = [seed + sum(shares[:i]) for i in range(m)]
@@ -63,8 +64,8 @@ def checkpoint_adapter(cfg: RunConfig, step: int | None = None) -> Path | None:
 def evaluate_run(
     run_dir: str | Path, checkpoint: int | None = None, adapter: str | Path | None = None, overrides=()
 ) -> dict:
-    """Greedy evaluation of a run's policy (a checkpoint's, or any adapter folder) with the run's
-    config.yaml plus dotted overrides (`env.id=...`, `eval.episodes=...`)."""
+    """Evaluation (greedy unless eval.temperature > 0) of a run's policy (a checkpoint's, or any
+    adapter folder) with the run's config.yaml plus dotted overrides (`env.id=...`, `eval.episodes=...`)."""
     from actors.placement import start_runners, start_samplers
     from learner.weight_sync import pack
     from vlmq.config import load_config
